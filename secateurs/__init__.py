@@ -1,0 +1,26 @@
+"""secateurs: pruning algorithms for PyTorch behind one config and mask API."""
+
+from ._registry import PRUNERS
+from .config import ModuleSetting
+from .masks import attach_masks, detach_masks, get_masks, load_masks, save_masks
+from .pruners import FPGMPruner, L1NormPruner, L2NormPruner, LevelPruner, Pruner
+from .report import SparsityReport, sparsity_report
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PRUNERS",
+    "FPGMPruner",
+    "L1NormPruner",
+    "L2NormPruner",
+    "LevelPruner",
+    "ModuleSetting",
+    "Pruner",
+    "SparsityReport",
+    "attach_masks",
+    "detach_masks",
+    "get_masks",
+    "load_masks",
+    "save_masks",
+    "sparsity_report",
+]

@@ -1,0 +1,167 @@
+"""Attach, replace and detach masks; save and load them without pickle.
+
+Masks live in ``torch.nn.utils.parametrize`` parametrizations, so the parameter objects
+a user's optimizer holds stay the same: the optimizer keeps training the stored weight,
+and the module computes with ``weight * mask``. A pruned weight therefore stays zero in
+the forward pass however it is trained.
+
+Masks are ``dict[module name, dict[target name, Tensor]]`` with 1 = keep, 0 = pruned,
+each tensor of its target's shape. This module stores them as ``torch.bool``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+
+import torch
+import torch.nn as nn
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch.nn.utils import parametrize
+
+from .targets import get_module, original_parameter
+
+Masks = dict[str, dict[str, torch.Tensor]]
+
+_FORMAT = "secateurs.masks/1"
+
+
+class Mask(nn.Module):
+    """The parametrization ``weight -> weight * mask``; ``mask`` is a buffer."""
+
+    def __init__(self, mask: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mask", mask)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.mask
+
+
+def _mask_of(module: nn.Module, target: str) -> Mask | None:
+    if not parametrize.is_parametrized(module, target):
+        return None
+    for p in module.parametrizations[target]:
+        if isinstance(p, Mask):
+            return p
+    return None
+
+
+def check_masks(model: nn.Module, masks: Mapping[str, Mapping[str, torch.Tensor]]) -> Masks:
+    """Validate masks against a model and return them as bool tensors on the targets' devices.
+
+    Raises:
+        TypeError: masks is not a dict of dicts of tensors.
+        KeyError: a module or target name does not exist (with close matches).
+        ValueError: a mask's shape differs from its target's, or it holds values other than 0/1.
+    """
+    if not isinstance(masks, Mapping):
+        raise TypeError(f"masks must be a dict of module name -> {{target name: tensor}}; got {type(masks).__name__}.")
+    out: Masks = {}
+    for module_name, targets in masks.items():
+        module = get_module(model, module_name)
+        if not isinstance(targets, Mapping):
+            raise TypeError(f"masks[{module_name!r}] must be a dict of target name -> tensor; got {type(targets).__name__}.")
+        out[module_name] = {}
+        for target, mask in targets.items():
+            if not isinstance(mask, torch.Tensor):
+                raise TypeError(f"masks[{module_name!r}][{target!r}] must be a tensor; got {type(mask).__name__}.")
+            param = original_parameter(module, target)
+            if tuple(mask.shape) != tuple(param.shape):
+                raise ValueError(
+                    f"masks[{module_name!r}][{target!r}] has shape {tuple(mask.shape)} but "
+                    f"{module_name}.{target} has shape {tuple(param.shape)}."
+                )
+            if mask.dtype != torch.bool:
+                if not bool(((mask == 0) | (mask == 1)).all()):
+                    raise ValueError(f"masks[{module_name!r}][{target!r}] must hold only 0 and 1.")
+                mask = mask != 0
+            out[module_name][target] = mask.to(param.device)
+    return out
+
+
+def attach_masks(model: nn.Module, masks: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
+    """Make each target compute as ``target * mask``; a mask already attached is replaced.
+
+    Modifies ``model`` in place: parametrizations are registered on the masked modules.
+    Parameter objects are kept, so optimizers built before keep working.
+    """
+    for module_name, targets in check_masks(model, masks).items():
+        module = get_module(model, module_name)
+        for target, mask in targets.items():
+            current = _mask_of(module, target)
+            if current is not None:
+                current.mask = mask
+            else:
+                parametrize.register_parametrization(module, target, Mask(mask), unsafe=True)
+
+
+def detach_masks(model: nn.Module, apply: bool = True) -> None:
+    """Remove every mask from ``model`` in place.
+
+    Args:
+        apply: when True (the default) each parameter keeps its masked value (pruned
+            entries become zero); when False it gets back its stored, unmasked value.
+            The parameter objects are the same before and after.
+    """
+    for module in model.modules():
+        if not parametrize.is_parametrized(module):
+            continue
+        for target in list(module.parametrizations.keys()):
+            if _mask_of(module, target) is not None:
+                parametrize.remove_parametrizations(module, target, leave_parametrized=apply)
+
+
+def get_masks(model: nn.Module) -> Masks:
+    """The masks attached to ``model`` (the live buffers, not copies)."""
+    out: Masks = {}
+    for name, module in model.named_modules():
+        if not parametrize.is_parametrized(module):
+            continue
+        for target in module.parametrizations.keys():
+            mask = _mask_of(module, target)
+            if mask is not None:
+                out.setdefault(name, {})[target] = mask.mask
+    return out
+
+
+def save_masks(masks: Mapping[str, Mapping[str, torch.Tensor]], path: str | os.PathLike) -> None:
+    """Write masks to a safetensors file (bool tensors plus a JSON index of names)."""
+    tensors, index = {}, []
+    for module_name, targets in masks.items():
+        for target, mask in targets.items():
+            key = str(len(index))
+            index.append([module_name, target])
+            tensors[key] = (mask != 0).contiguous().cpu()
+    save_file(tensors, os.fspath(path), metadata={"format": _FORMAT, "index": json.dumps(index)})
+
+
+def load_masks(path: str | os.PathLike) -> Masks:
+    """Read masks written by :func:`save_masks`. Runs no code from the file.
+
+    Raises:
+        ValueError: the file is not a safetensors file written by :func:`save_masks`.
+    """
+    path = os.fspath(path)
+    try:
+        with safe_open(path, framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{path!r} is not a readable safetensors masks file: {err}") from None
+    if metadata.get("format") != _FORMAT:
+        raise ValueError(f"{path!r} is not a secateurs masks file (format {metadata.get('format')!r}, expected {_FORMAT!r}).")
+    try:
+        index = json.loads(metadata["index"])
+    except (KeyError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path!r} has a damaged index: {err}") from None
+    if len(index) != len(tensors):
+        raise ValueError(f"{path!r} has a damaged index: {len(index)} names for {len(tensors)} tensors.")
+    out: Masks = {}
+    for key, (module_name, target) in enumerate(index):
+        mask = tensors[str(key)]
+        if mask.dtype != torch.bool:
+            raise ValueError(f"{path!r}: mask for {module_name}.{target} is {mask.dtype}, expected bool.")
+        out.setdefault(module_name, {})[target] = mask
+    return out

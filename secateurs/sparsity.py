@@ -1,0 +1,352 @@
+"""The one place that turns scores and settings into masks.
+
+Vocabulary:
+    unit: what is kept or pruned as a whole: an element, an output channel (the slice
+        ``w[i]``), an input channel (``w[:, i]``) or a block. Every granularity is a block
+        shape: element = (1, 1, ...), out_channel = (1, *shape[1:]), in_channel =
+        (shape[0], 1, *shape[2:]).
+    slot: the scores that are ranked together: one target, or the summed scores of a
+        dependency group (whose members must prune identical unit indices).
+
+Counting rule (NNI's): a ratio ``r`` over ``n`` units prunes ``floor(n * r)`` units, the
+lowest scored; ties go to the lower index. A global group prunes ``floor(N * r)`` of
+the ``N`` units of all its slots together, ranking them in one order, while every slot
+stays within ``[floor(n_i * min_sparse_ratio), floor(n_i * max_sparse_ratio)]`` (by
+default a slot in a global group keeps at least one unit). A ``sparse_threshold``
+prunes the units scored strictly below it, within the same bounds.
+
+Everything is vectorised over units; Python loops run over slots only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .config import Granularity, ModuleSetting
+
+
+def block_shape(
+    granularity: Granularity,
+    shape: Sequence[int],
+    default: str,
+    where: str,
+    out_dim: int = 0,
+) -> tuple[int, ...]:
+    """The block (unit) shape for a tensor of ``shape`` under ``granularity``.
+
+    A list of block sizes shorter than the tensor's rank covers the remaining dims
+    whole; -1 means a whole dim. ``per_channel`` has element units (ranked per row).
+    ``out_dim`` is the output-channel dim (1 for transposed convolutions); the input
+    channels are the other one of dims 0 and 1.
+
+    Raises:
+        ValueError: the granularity does not fit the tensor (``where`` names it).
+    """
+    if granularity == "default":
+        granularity = default
+    ndim = len(shape)
+    if ndim == 0:
+        raise ValueError(f"{where} is a scalar; there is nothing to prune.")
+    if granularity in ("element", "per_channel"):
+        return (1,) * ndim
+    if granularity in ("out_channel", "in_channel"):
+        dim = out_dim if granularity == "out_channel" else 1 - out_dim
+        if dim >= ndim:
+            raise ValueError(f"{where} has shape {tuple(shape)}; {granularity!r} needs at least {dim + 1} dims.")
+        return tuple(1 if d == dim else s for d, s in enumerate(shape))
+    if len(granularity) > ndim:
+        raise ValueError(
+            f"{where} has {ndim} dims but granularity {list(granularity)} gives {len(granularity)} block sizes."
+        )
+    sizes = list(granularity) + [-1] * (ndim - len(granularity))
+    return tuple(s if b == -1 else b for b, s in zip(sizes, shape))
+
+
+def grid_shape(shape: Sequence[int], blocks: Sequence[int]) -> tuple[int, ...]:
+    """How many blocks there are along each dim (the last one may be partial)."""
+    return tuple(math.ceil(s / b) for s, b in zip(shape, blocks))
+
+
+def to_units(tensor: torch.Tensor, blocks: Sequence[int]) -> torch.Tensor:
+    """View ``tensor`` as ``(n_units, block_numel)``; partial blocks are zero padded."""
+    shape = tuple(tensor.shape)
+    grid = grid_shape(shape, blocks)
+    pad = [g * b - s for g, b, s in zip(grid, blocks, shape)]
+    if any(pad):
+        spec = []
+        for p in reversed(pad):
+            spec += [0, p]
+        tensor = torch.nn.functional.pad(tensor, spec)
+    interleaved = [d for g, b in zip(grid, blocks) for d in (g, b)]
+    ndim = len(shape)
+    order = list(range(0, 2 * ndim, 2)) + list(range(1, 2 * ndim, 2))
+    return tensor.reshape(interleaved).permute(order).reshape(math.prod(grid), math.prod(blocks))
+
+
+def expand_units(unit_keep: torch.Tensor, shape: Sequence[int], blocks: Sequence[int]) -> torch.Tensor:
+    """Turn a per-unit keep vector into a full-shape bool mask (inverse of :func:`to_units`)."""
+    grid = grid_shape(shape, blocks)
+    ndim = len(shape)
+    view = unit_keep.reshape([d for g in grid for d in (g, 1)])
+    full = view.expand([d for g, b in zip(grid, blocks) for d in (g, b)]).reshape([g * b for g, b in zip(grid, blocks)])
+    if any(g * b != s for g, b, s in zip(grid, blocks, shape)):
+        full = full[tuple(slice(0, s) for s in shape)]
+    return full.contiguous() if ndim else full
+
+
+@dataclass
+class Slot:
+    """Scores ranked together, with their bounds.
+
+    Attributes:
+        keys: the (module name, target name) pairs that share this slot's unit mask.
+        scores: ``(n,)``, or ``(rows, n)`` for per-row ranking (``per_channel``).
+        setting: the setting that decides ratio, threshold and group.
+        min_count / max_count: bounds on pruned units per row.
+    """
+
+    keys: list[tuple[str, str]]
+    scores: torch.Tensor
+    setting: ModuleSetting
+    min_count: int
+    max_count: int
+
+
+def _bounds(n: int, settings: Sequence[ModuleSetting], in_global_group: bool) -> tuple[int, int]:
+    low = max(math.floor(n * (s.min_sparse_ratio or 0.0)) for s in settings)
+    highs = [math.floor(n * s.max_sparse_ratio) for s in settings if s.max_sparse_ratio is not None]
+    if highs:
+        high = min(highs)
+    else:
+        high = n - 1 if in_global_group else n
+    return low, max(high, low)
+
+
+def make_slots(scored: Sequence[tuple[tuple[str, str], torch.Tensor, ModuleSetting]]) -> list[Slot]:
+    """Group scored targets into slots: one per target, one per dependency group.
+
+    Args:
+        scored: ((module name, target name), unit scores, setting) for every target.
+
+    Raises:
+        ValueError: members of a dependency group have different numbers of units.
+    """
+    groups: dict[object, list] = {}
+    slots: list[tuple[list, list]] = []
+    for key, scores, setting in scored:
+        if torch.isnan(scores).any():
+            raise ValueError(f"the scores of {key[0]}.{key[1]} contain NaN; check the model's weights.")
+        gid = setting.dependency_group_id
+        if gid is None:
+            slots.append(([key], [(scores, setting)]))
+        elif gid in groups:
+            groups[gid][0].append(key)
+            groups[gid][1].append((scores, setting))
+        else:
+            groups[gid] = ([key], [(scores, setting)])
+            slots.append(groups[gid])
+    out = []
+    for keys, members in slots:
+        shapes = {tuple(s.shape) for s, _ in members}
+        if len(shapes) > 1:
+            sizes = ", ".join(f"{k[0]}.{k[1]} has {tuple(s.shape)}" for k, (s, _) in zip(keys, members))
+            raise ValueError(
+                f"dependency_group_id {members[0][1].dependency_group_id!r}: members must have the same "
+                f"number of units to share channel indices; {sizes}."
+            )
+        settings = [st for _, st in members]
+        scores = members[0][0].float() if len(members) == 1 else torch.stack([s.float() for s, _ in members]).sum(0)
+        low, high = _bounds(scores.shape[-1], settings, settings[0].global_group_id is not None)
+        out.append(Slot(keys, scores, settings[0], low, high))
+    return out
+
+
+def lowest_mask(scores: torch.Tensor, k: torch.Tensor | int) -> torch.Tensor:
+    """Keep-mask that prunes the ``k`` lowest scores of each row (ties: lower index first).
+
+    Args:
+        scores: ``(n,)`` or ``(rows, n)``.
+        k: pruned count, an int or one per row.
+    """
+    flat = scores.dim() == 1
+    s = scores.reshape(1, -1) if flat else scores
+    rows, n = s.shape
+    k = torch.as_tensor(k, dtype=torch.long).reshape(-1).expand(rows)
+    keep = torch.ones_like(s, dtype=torch.bool)
+    if n == 0 or not bool((k > 0).any()):
+        return keep.reshape(scores.shape)
+    if bool((k == k[0]).all()):
+        kk = int(k[0])
+        if kk >= n:
+            return torch.zeros_like(keep).reshape(scores.shape)
+        t = torch.kthvalue(s, kk, dim=1).values.unsqueeze(1)
+    else:
+        t = torch.sort(s, dim=1).values.gather(1, (k - 1).clamp(min=0).unsqueeze(1))
+        t = torch.where(k.unsqueeze(1) > 0, t, torch.full_like(t, -math.inf))
+    below = s < t
+    need = k.unsqueeze(1) - below.sum(1, keepdim=True)
+    ties = s == t
+    keep = ~below
+    if bool((ties.sum(1, keepdim=True) > need).any()):
+        keep &= ~ties | (torch.cumsum(ties, dim=1) > need)
+    else:
+        keep &= ~ties
+    return keep.reshape(scores.shape)
+
+
+def _sortable_keys(scores: torch.Tensor) -> torch.Tensor:
+    """int32 keys whose signed order is the float order of ``scores`` (-0.0 == 0.0)."""
+    bits = (scores.float() + 0.0).contiguous().view(torch.int32)
+    return bits ^ ((bits >> 31) & 0x7FFFFFFF)
+
+
+def global_counts(slots: Sequence[Slot], total: int, digit_bits: int = 8) -> list[int]:
+    """Pruned units per slot when ``total`` units are pruned over one ranking of all slots.
+
+    Every slot's count is clamped to its ``[min_count, max_count]``; the threshold is
+    found by a radix select on the scores' bit patterns, ``digit_bits`` bits a pass
+    (O(units) a pass, no global sort, small temporaries). Units tied at the threshold
+    go to earlier slots first.
+    """
+    low = torch.tensor([s.min_count for s in slots], dtype=torch.long)
+    high = torch.tensor([s.max_count for s in slots], dtype=torch.long)
+    radix = 1 << digit_bits
+    keys = [(_sortable_keys(s.scores).reshape(-1).long() + (1 << 31)) for s in slots]  # unsigned order
+    base = torch.zeros(len(slots), dtype=torch.long)  # units below the prefix chosen so far
+    prefix = 0
+    for shift in range(32 - digit_bits, -1, -digit_bits):
+        cum = torch.zeros(len(slots), radix + 1, dtype=torch.long)
+        for i, k in enumerate(keys):
+            inside = k[(k >> (shift + digit_bits)) == prefix] if shift + digit_bits < 32 else k
+            cum[i, 1:] = torch.cumsum(torch.bincount((inside >> shift) & (radix - 1), minlength=radix), 0)
+        cum += base[:, None]
+        clamped = torch.minimum(torch.maximum(cum, low[:, None]), high[:, None]).sum(0)
+        digit = min(int(torch.searchsorted(clamped, total, right=True)) - 1, radix - 1)
+        prefix = (prefix << digit_bits) | digit
+        base, nxt = cum[:, digit], cum[:, digit + 1]
+    lower = torch.minimum(torch.maximum(base, low), high)
+    upper = torch.minimum(torch.maximum(nxt, low), high)
+    room = upper - lower
+    before = torch.cumsum(room, 0) - room
+    take = torch.minimum((total - int(lower.sum()) - before).clamp(min=0), room)
+    return (lower + take).tolist()
+
+
+def _fast_keep(slots: Sequence[Slot], total: int, seed: int = 0) -> list[torch.Tensor] | None:
+    """Keep-masks for a large group, or None when a slot's bounds bind (the caller then
+    takes the exact clamped path).
+
+    A random sample of the scores brackets the ``total``-th smallest score; one pass
+    counts the units below the bracket and gathers those inside it, which are few; the
+    threshold is the exact order statistic among them. The result is the same as
+    :func:`global_counts` with :func:`lowest_mask` would give, in about two passes.
+    """
+    flats = [s.scores.reshape(-1) for s in slots]
+    n_total = sum(f.numel() for f in flats)
+    gen = torch.Generator().manual_seed(seed)
+    budget = min(n_total, 1 << 18)
+    sample = torch.cat(
+        [f[torch.randint(f.numel(), (max(1, round(budget * f.numel() / n_total)),), generator=gen)] for f in flats]
+    ).sort().values
+    m = sample.numel()
+    centre = total / n_total * m
+    radius = int(4 * math.sqrt(m)) + 32
+    for _ in range(4):
+        lo_i, hi_i = math.floor(centre) - radius, math.ceil(centre) + radius
+        t_lo = sample[lo_i].item() if lo_i >= 0 else -math.inf
+        t_hi = sample[hi_i].item() if hi_i < m else math.inf
+        below = [int(torch.count_nonzero(f < t_lo)) for f in flats]
+        cands = [f[(f >= t_lo) & (f < t_hi)] for f in flats]
+        n_below, n_cand = sum(below), sum(c.numel() for c in cands)
+        if n_below < total <= n_below + n_cand:
+            break
+        radius *= 8
+    else:  # the bracket never held: only possible with a degenerate sample
+        return None
+    v = torch.kthvalue(torch.cat(cands), total - n_below).values.item()
+    less = torch.tensor([b + int(torch.count_nonzero(c < v)) for b, c in zip(below, cands)])
+    equal = torch.tensor([int(torch.count_nonzero(c == v)) for c in cands])
+    low = torch.tensor([s.min_count for s in slots])
+    high = torch.tensor([s.max_count for s in slots])
+    if bool((less < low).any() or (less + equal > high).any()):
+        return None
+    extra = total - int(less.sum())
+    before = torch.cumsum(equal, 0) - equal
+    take = torch.minimum((extra - before).clamp(min=0), equal)
+    keeps = []
+    for f, slot, t, e in zip(flats, slots, take.tolist(), equal.tolist()):
+        keep = f > v
+        if 0 < t < e:
+            ties = f == v
+            keep |= ties & (torch.cumsum(ties, 0) > t)
+        elif t == 0 and e > 0:
+            keep |= f == v
+        keeps.append(keep.reshape(slot.scores.shape))
+    return keeps
+
+
+def _group_keep(slots: Sequence[Slot], total: int, fast_min_units: int) -> list[torch.Tensor]:
+    """Keep-masks that prune ``total`` units over one ranking of ``slots``."""
+    if total <= 0:
+        return [torch.ones_like(s.scores, dtype=torch.bool) for s in slots]
+    if sum(s.scores.numel() for s in slots) >= fast_min_units and all(s.scores.dim() == 1 for s in slots):
+        keeps = _fast_keep(slots, total)
+        if keeps is not None:
+            return keeps
+    if len(slots) == 1:
+        return [lowest_mask(slots[0].scores, total)]
+    return [lowest_mask(s.scores, c) for s, c in zip(slots, global_counts(slots, total))]
+
+
+FAST_MIN_UNITS = 1 << 20
+
+
+def allocate(slots: Sequence[Slot], fast_min_units: int = FAST_MIN_UNITS) -> list[torch.Tensor]:
+    """Keep-masks over units, one per slot, by the counting rule of this module.
+
+    Args:
+        fast_min_units: groups with at least this many units take the sampled fast path
+            (same result, fewer passes over the scores).
+
+    Raises:
+        ValueError: a global group cannot reach its ratio within its members' bounds.
+    """
+    masks: list[torch.Tensor | None] = [None] * len(slots)
+    groups: dict[object, list[int]] = {}
+    for i, slot in enumerate(slots):
+        st = slot.setting
+        if st.sparse_threshold is not None:
+            below = (slot.scores < st.sparse_threshold).sum(-1)
+            k = below.clamp(slot.min_count, slot.max_count)
+            if bool((k == below).all()):
+                masks[i] = slot.scores >= st.sparse_threshold
+            else:
+                masks[i] = lowest_mask(slot.scores, k)
+        elif st.global_group_id is not None:
+            groups.setdefault(st.global_group_id, []).append(i)
+        elif slot.scores.dim() == 1:
+            n = slot.scores.shape[-1]
+            free = Slot(slot.keys, slot.scores, st, 0, n)
+            masks[i] = _group_keep([free], math.floor(n * st.sparse_ratio), fast_min_units)[0]
+        else:
+            masks[i] = lowest_mask(slot.scores, math.floor(slot.scores.shape[-1] * st.sparse_ratio))
+    for gid, members in groups.items():
+        group = [slots[i] for i in members]
+        n_total = sum(s.scores.shape[-1] for s in group)
+        ratio = group[0].setting.sparse_ratio
+        total = math.floor(n_total * ratio)
+        low = sum(s.min_count for s in group)
+        high = sum(s.max_count for s in group)
+        if not low <= total <= high:
+            raise ValueError(
+                f"global_group_id {gid!r}: sparse_ratio {ratio} asks to prune {total} of {n_total} units, "
+                f"but the members' min/max_sparse_ratio allow only {low} to {high} (a layer in a global "
+                "group keeps at least one unit unless max_sparse_ratio says otherwise)."
+            )
+        for i, keep in zip(members, _group_keep(group, total, fast_min_units)):
+            masks[i] = keep
+    return masks  # type: ignore[return-value]
