@@ -24,6 +24,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .config import Granularity, ModuleSetting
@@ -138,7 +139,7 @@ def make_slots(scored: Sequence[tuple[tuple[str, str], torch.Tensor, ModuleSetti
     groups: dict[object, list] = {}
     slots: list[tuple[list, list]] = []
     for key, scores, setting in scored:
-        if torch.isnan(scores).any():
+        if torch.isnan(scores.sum()) and torch.isnan(scores).any():
             raise ValueError(f"the scores of {key[0]}.{key[1]} contain NaN; check the model's weights.")
         gid = setting.dependency_group_id
         if gid is None:
@@ -236,6 +237,39 @@ def global_counts(slots: Sequence[Slot], total: int, digit_bits: int = 8) -> lis
     return (lower + take).tolist()
 
 
+class _Ops:
+    """The few element-wise operations of the fast path, on NumPy views of CPU tensors
+    (NumPy's compare, count and compaction kernels are several times faster than
+    PyTorch's on CPU) or on the tensors themselves elsewhere."""
+
+    def __init__(self, tensors: Sequence[torch.Tensor]) -> None:
+        self.numpy = all(t.device.type == "cpu" for t in tensors)
+
+    def wrap(self, t: torch.Tensor):
+        return t.detach().contiguous().numpy() if self.numpy else t
+
+    def count_below(self, a, v: float) -> int:
+        return int(np.count_nonzero(a < v)) if self.numpy else int(torch.count_nonzero(a < v))
+
+    def between(self, a, lo: float, hi: float):
+        return a[(a >= lo) & (a < hi)]
+
+    def cat(self, arrays):
+        return np.concatenate(arrays) if self.numpy else torch.cat(arrays)
+
+    def kth(self, a, k: int) -> float:
+        """The k-th smallest (1-based) value of a."""
+        if self.numpy:
+            return float(np.partition(a, k - 1)[k - 1])
+        return torch.kthvalue(a, k).values.item()
+
+    def tensor(self, a) -> torch.Tensor:
+        return torch.from_numpy(a) if self.numpy else a
+
+    def cumsum(self, a):
+        return np.cumsum(a) if self.numpy else torch.cumsum(a, 0)
+
+
 def _fast_keep(slots: Sequence[Slot], total: int, seed: int = 0) -> list[torch.Tensor] | None:
     """Keep-masks for a large group, or None when a slot's bounds bind (the caller then
     takes the exact clamped path).
@@ -245,13 +279,14 @@ def _fast_keep(slots: Sequence[Slot], total: int, seed: int = 0) -> list[torch.T
     threshold is the exact order statistic among them. The result is the same as
     :func:`global_counts` with :func:`lowest_mask` would give, in about two passes.
     """
-    flats = [s.scores.reshape(-1) for s in slots]
-    n_total = sum(f.numel() for f in flats)
+    ops = _Ops([s.scores for s in slots])
+    flats = [ops.wrap(s.scores.reshape(-1)) for s in slots]
+    sizes = [s.scores.numel() for s in slots]
+    n_total = sum(sizes)
     gen = torch.Generator().manual_seed(seed)
     budget = min(n_total, 1 << 18)
-    sample = torch.cat(
-        [f[torch.randint(f.numel(), (max(1, round(budget * f.numel() / n_total)),), generator=gen)] for f in flats]
-    ).sort().values
+    picks = [torch.randint(n, (max(1, round(budget * n / n_total)),), generator=gen) for n in sizes]
+    sample = torch.cat([s.scores.reshape(-1)[p.to(s.scores.device)].cpu() for s, p in zip(slots, picks)]).sort().values
     m = sample.numel()
     centre = total / n_total * m
     radius = int(4 * math.sqrt(m)) + 32
@@ -259,17 +294,17 @@ def _fast_keep(slots: Sequence[Slot], total: int, seed: int = 0) -> list[torch.T
         lo_i, hi_i = math.floor(centre) - radius, math.ceil(centre) + radius
         t_lo = sample[lo_i].item() if lo_i >= 0 else -math.inf
         t_hi = sample[hi_i].item() if hi_i < m else math.inf
-        below = [int(torch.count_nonzero(f < t_lo)) for f in flats]
-        cands = [f[(f >= t_lo) & (f < t_hi)] for f in flats]
-        n_below, n_cand = sum(below), sum(c.numel() for c in cands)
+        below = [ops.count_below(f, t_lo) for f in flats]
+        cands = [ops.between(f, t_lo, t_hi) for f in flats]
+        n_below, n_cand = sum(below), sum(len(c) for c in cands)
         if n_below < total <= n_below + n_cand:
             break
         radius *= 8
     else:  # the bracket never held: only possible with a degenerate sample
         return None
-    v = torch.kthvalue(torch.cat(cands), total - n_below).values.item()
-    less = torch.tensor([b + int(torch.count_nonzero(c < v)) for b, c in zip(below, cands)])
-    equal = torch.tensor([int(torch.count_nonzero(c == v)) for c in cands])
+    v = ops.kth(ops.cat(cands), total - n_below)
+    less = torch.tensor([b + ops.count_below(c, v) for b, c in zip(below, cands)])
+    equal = torch.tensor([int((c == v).sum()) for c in cands])
     low = torch.tensor([s.min_count for s in slots])
     high = torch.tensor([s.max_count for s in slots])
     if bool((less < low).any() or (less + equal > high).any()):
@@ -282,10 +317,10 @@ def _fast_keep(slots: Sequence[Slot], total: int, seed: int = 0) -> list[torch.T
         keep = f > v
         if 0 < t < e:
             ties = f == v
-            keep |= ties & (torch.cumsum(ties, 0) > t)
+            keep |= ties & (ops.cumsum(ties) > t)
         elif t == 0 and e > 0:
             keep |= f == v
-        keeps.append(keep.reshape(slot.scores.shape))
+        keeps.append(ops.tensor(keep).reshape(slot.scores.shape))
     return keeps
 
 
