@@ -114,7 +114,7 @@ def main(argv: list[str]) -> None:
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
     for r in results:
         print(f"{r['case']:13s} construct {r['construct_s']:8.3f}s  compress {r['compress_s']:8.3f}s  "
-              f"total {r['total_s']:8.3f}s  sparsity {r['sparsity']:.6f} "
+              f"total {r['total_s']:8.3f}s  sparsity {r['sparsity']:.6f} = {r['zeros']}/{r['weights']} "
               f"(layers {r['layers']}, per-layer {r['layer_min']:.4f}..{r['layer_max']:.4f}, "
               f"dead out-channels {r['dead_out_channel_frac']:.4f})  "
               f"peak RSS +{r['peak_rss_growth_mib']:.1f} MiB (construct +{r['peak_rss_growth_construct_mib']:.1f})")

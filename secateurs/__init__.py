@@ -5,6 +5,7 @@ from .config import ModuleSetting
 from .masks import attach_masks, detach_masks, get_masks, load_masks, save_masks
 from .pruners import FPGMPruner, L1NormPruner, L2NormPruner, LevelPruner, Pruner
 from .report import SparsityReport, sparsity_report
+from .speedup import ModelSpeedup, SpeedupReport
 
 __version__ = "0.1.0"
 
@@ -14,9 +15,11 @@ __all__ = [
     "L1NormPruner",
     "L2NormPruner",
     "LevelPruner",
+    "ModelSpeedup",
     "ModuleSetting",
     "Pruner",
     "SparsityReport",
+    "SpeedupReport",
     "attach_masks",
     "detach_masks",
     "get_masks",

@@ -97,6 +97,38 @@ def attach_masks(model: nn.Module, masks: Mapping[str, Mapping[str, torch.Tensor
                 parametrize.register_parametrization(module, target, Mask(mask), unsafe=True)
 
 
+def _drop_parametrization(module: nn.Module, target: str, apply: bool) -> None:
+    """Remove our mask from ``module.<target>`` without touching the parametrized class.
+
+    ``parametrize.remove_parametrizations`` deletes the property from the module's class,
+    which ``copy.deepcopy`` shares between a model and its copy; unwrapping a copy would
+    then break the original. This keeps the parameter object and gives the module its
+    own class instead.
+    """
+    plist = module.parametrizations[target]
+    if len(plist) != 1:
+        raise ValueError(
+            f"{type(module).__name__}.{target} has other parametrizations besides its mask; "
+            "remove those first."
+        )
+    original = plist.original
+    if apply:
+        with torch.no_grad():
+            original.mul_(plist[0].mask.to(original.dtype))
+    del module.parametrizations[target]
+    cls = type(module)
+    if len(module.parametrizations) == 0:
+        del module._modules["parametrizations"]
+        module.__class__ = cls.__bases__[0]
+    else:
+        skip = {target, "__dict__", "__weakref__"}
+        module.__class__ = type(cls.__name__, cls.__bases__, {k: v for k, v in cls.__dict__.items() if k not in skip})
+    if isinstance(original, nn.Parameter):
+        module.register_parameter(target, original)
+    else:
+        module.register_buffer(target, original)
+
+
 def detach_masks(model: nn.Module, apply: bool = True) -> None:
     """Remove every mask from ``model`` in place.
 
@@ -105,12 +137,12 @@ def detach_masks(model: nn.Module, apply: bool = True) -> None:
             entries become zero); when False it gets back its stored, unmasked value.
             The parameter objects are the same before and after.
     """
-    for module in model.modules():
+    for module in list(model.modules()):
         if not parametrize.is_parametrized(module):
             continue
         for target in list(module.parametrizations.keys()):
             if _mask_of(module, target) is not None:
-                parametrize.remove_parametrizations(module, target, leave_parametrized=apply)
+                _drop_parametrization(module, target, apply)
 
 
 def get_masks(model: nn.Module) -> Masks:

@@ -9,11 +9,13 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
+from torch.nn.utils import parametrize
 
 from ..config import ConfigSchema, ModuleSetting, resolve
 from ..masks import Masks, attach_masks, detach_masks
 from ..report import SparsityReport, sparsity_report
-from ..sparsity import allocate, block_shape, expand_units, make_slots, to_units
+from ..graph import ChannelGraph, trace_channels
+from ..sparsity import Slot, _bounds, allocate, block_shape, expand_units, make_slots, to_units
 from ..targets import get_module
 
 _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -55,13 +57,17 @@ class Pruner:
     default_op_types: ClassVar[tuple[str, ...]] = ("Conv1d", "Conv2d", "Conv3d", "Linear")
     extra_config_keys: ClassVar[Mapping[str, Any]] = {}
 
-    def __init__(self, model: nn.Module, config_list: list[dict[str, Any]]) -> None:
+    def __init__(self, model: nn.Module, config_list: list[dict[str, Any]], *, dummy_input: Any = None) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"{type(self).__name__}: model must be a torch.nn.Module; got {type(model).__name__}.")
         self.model = model
         self.config_list = copy.deepcopy(config_list)
         self.settings = resolve(model, config_list, self.config_schema())
         self.targets = [t for s in self.settings.values() for t in self._targets_of(s)]
+        self.dummy_input = dummy_input
+        self.graph: ChannelGraph | None = None
+        if dummy_input is not None:
+            self.graph = trace_channels(model, dummy_input)
         self.masks: Masks = {}
 
     @classmethod
@@ -115,19 +121,99 @@ class Pruner:
         """Scores of ``units`` (``(n_units, unit_numel)``) of one target; higher = keep."""
         return type(self).criterion(units)
 
+    def _coupled(self, t: Target) -> bool:
+        """Does ``t`` take part in dependency-aware pruning (a traced layer's output channels)?"""
+        if self.graph is None or t.name != "weight" or t.per_channel:
+            return False
+        use = self.graph.modules.get(t.module_name)
+        whole_rows = all(b == s for d, (b, s) in enumerate(zip(t.blocks, t.shape)) if d != t.out_dim)
+        return use is not None and use.out_ids is not None and t.blocks[t.out_dim] == 1 and whole_rows \
+            and use.out_ids.numel() == t.shape[t.out_dim]
+
+    def _dependency_slots(self, scored: list[tuple[Target, torch.Tensor]]) -> list[tuple[Slot, torch.Tensor]]:
+        """One slot per set of layers whose output channels are coupled; units = channel groups."""
+        graph = self.graph
+        comps = [graph.component[graph.modules[t.module_name].out_ids] for t, _ in scored]
+        owner: dict[int, int] = {}
+        parent = list(range(len(scored)))
+
+        def find(i: int) -> int:
+            while parent[i] != i:
+                parent[i] = parent[parent[i]]
+                i = parent[i]
+            return i
+
+        for i, c in enumerate(comps):  # a loop over layers, joining those that share a group
+            for comp in c[~graph.fixed[c]].unique().tolist():
+                j = owner.setdefault(comp, i)
+                parent[find(i)] = find(j)
+        members: dict[int, list[int]] = {}
+        for i in range(len(scored)):
+            members.setdefault(find(i), []).append(i)
+        out = []
+        for idx in members.values():
+            all_comps = torch.cat([comps[i] for i in idx])
+            unique = all_comps[~graph.fixed[all_comps]].unique()
+            if unique.numel() == 0:
+                continue
+            totals = torch.zeros(unique.numel(), dtype=torch.float64)
+            for i in idx:
+                c, scores = comps[i], scored[i][1].double()
+                ok = ~graph.fixed[c]
+                totals.index_add_(0, torch.searchsorted(unique, c[ok]), scores[ok])
+            first = scored[idx[0]][0].setting
+            low, high = _bounds(unique.numel(), [first], first.global_group_id is not None)
+            keys = [(scored[i][0].module_name, scored[i][0].name) for i in idx]
+            out.append((Slot(keys, totals.float(), first, low, high), unique))
+        return out
+
+    def _graph_masks(self, removed: torch.Tensor) -> Masks:
+        """Masks for every parameter that carries a removed channel group."""
+        graph, masks = self.graph, {}
+        params = dict(self.model.named_parameters())
+        for fqn, dims in graph.tensors.items():
+            owner, _, attr = fqn.rpartition(".")
+            module = get_module(self.model, owner)
+            if attr.endswith("original") or not isinstance(getattr(module, attr, None), torch.Tensor):
+                continue
+            tensor = getattr(module, attr)
+            if fqn not in params and not parametrize.is_parametrized(module, attr):
+                continue  # a buffer: sliced by ModelSpeedup, never masked
+            keep = torch.ones(tensor.shape, dtype=torch.bool)
+            for d, ids in dims.items():
+                gone = removed[graph.component[ids]]
+                if bool(gone.any()):
+                    shape = [1] * tensor.dim()
+                    shape[d] = -1
+                    keep &= ~gone.reshape(shape)
+            if not bool(keep.all()):
+                masks.setdefault(owner, {})[attr] = keep.to(tensor.device)
+        return masks
+
     def calculate_masks(self) -> Masks:
-        """Compute masks from the current (masked) weights without attaching them."""
-        scored = []
+        """Compute masks from the current (masked) weights without attaching them.
+
+        With ``dummy_input``, output-channel targets are pruned by channel group: layers
+        whose channels are coupled (residual adds, concatenations, depthwise convs ...)
+        share one ranking of summed scores, and the masks cover every parameter the
+        removed channels touch (producers, their biases, the norm layers after them and
+        the consumers' input columns), so the masked model is the pruned model.
+        """
+        scored, coupled = [], []
         with torch.no_grad():
             for t in self.targets:
                 tensor = getattr(get_module(self.model, t.module_name), t.name).detach()
                 scores = self.score(t, to_units(tensor, t.blocks))
+                if self._coupled(t):
+                    coupled.append((t, scores.reshape(-1)))
+                    continue
                 if t.per_channel:
                     scores = scores.reshape(t.shape[0], -1)
                 scored.append(((t.module_name, t.name), scores, t.setting))
             slots = make_slots(scored)
             del scored
-            keeps = allocate(slots)
+            dep = self._dependency_slots(coupled) if coupled else []
+            keeps = allocate(slots + [s for s, _ in dep])
         by_key = {(t.module_name, t.name): t for t in self.targets}
         masks: Masks = {}
         for slot, keep in zip(slots, keeps):
@@ -138,6 +224,14 @@ class Pruner:
                 entry[t.name] = expand_units(keep, t.shape, t.blocks)
                 for name in t.aligned:
                     entry[name] = expand_units(keep, (t.shape[t.out_dim],), (t.blocks[t.out_dim],))
+        if dep:
+            removed = torch.zeros(self.graph.fixed.numel(), dtype=torch.bool)
+            for (_, unique), keep in zip(dep, keeps[len(slots):]):
+                removed[unique[~keep]] = True
+            for owner, targets in self._graph_masks(removed).items():
+                entry = masks.setdefault(owner, {})
+                for name, mask in targets.items():
+                    entry[name] = entry[name] & mask if name in entry else mask
         return masks
 
     def compress(self) -> tuple[nn.Module, Masks]:
