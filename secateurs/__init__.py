@@ -1,6 +1,7 @@
 """secateurs: pruning algorithms for PyTorch behind one config and mask API."""
 
 from ._registry import PRUNERS
+from .analysis import count_flops_params
 from .config import ModuleSetting
 from .masks import attach_masks, detach_masks, get_masks, load_masks, save_masks
 from .pruners import FPGMPruner, L1NormPruner, L2NormPruner, LevelPruner, Pruner
@@ -21,6 +22,7 @@ __all__ = [
     "SparsityReport",
     "SpeedupReport",
     "attach_masks",
+    "count_flops_params",
     "detach_masks",
     "get_masks",
     "load_masks",

@@ -5,12 +5,14 @@ Steps (nothing of the user's model changes until the last one):
 1. plan: trace the model (:mod:`secateurs.graph`) and find, for every channel variable
    component, whether the masks remove it: a component goes when one of its producers
    (a conv, linear or embedding whose weight makes the channel) has the channel wholly
-   masked. A mask that covers only part of a component is extended over it (reported).
+   masked. Masks that cover only part of a component (some producers of the channel
+   not masked) are extended over it: every parameter the channel touches is zeroed,
+   as a dependency-aware pruner's masks would (reported).
 2. validate: masks are checked against the model; components that are fixed (model
    output, input, ops that are not understood) keep their channels, and the report says
    why.
-3. apply, on a copy: masks are applied to the weights, the producers of removed channels
-   are zeroed, one forward pass records the reference output and the value each removed
+3. apply, on a copy: masks are applied to the weights, extended groups are zeroed, one
+   forward pass records the reference output and the value each removed
    channel carries into its consumers; if that value is a non-zero constant it is folded
    into the consumer's bias (exact for Linear and for unpadded convolutions; reported
    otherwise); then every parameter and buffer is sliced and module attributes updated.
@@ -94,36 +96,34 @@ def _channel_zero(mask: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 def plan_removal(model: nn.Module, graph: ChannelGraph, masks: Mapping[str, Mapping[str, torch.Tensor]],
-                 report: SpeedupReport) -> torch.Tensor:
-    """Bool per component: removed. Fills ``report.extended`` and ``report.kept``."""
+                 report: SpeedupReport) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per component: (removed, extended). Fills ``report.extended`` and ``report.kept``.
+
+    A component is removed when a producer has its channel wholly masked. It is
+    *extended* when some other producer of it was not masked there: the user's masks
+    covered only part of the group.
+    """
     n_comp = graph.fixed.numel()
     wanted = torch.zeros(n_comp, dtype=torch.bool)
-    by_producer: dict[str, torch.Tensor] = {}
-    for name, dim, ids in _producers(graph, model):
+    uncovered = torch.zeros(n_comp, dtype=torch.bool)
+    zeros = []
+    producers = _producers(graph, model)
+    for name, dim, ids in producers:
         mask = masks.get(name, {}).get("weight")
-        if mask is None:
-            continue
-        zero = _channel_zero(mask, dim)
-        if not bool(zero.any()):
-            continue
-        comps = graph.component[ids][zero]
-        by_producer[name] = comps
-        wanted[comps] = True
-    fixed_hit = wanted & graph.fixed
-    for c in fixed_hit.nonzero().flatten().tolist()[:20]:
+        zero = _channel_zero(mask, dim) if mask is not None else torch.zeros(ids.numel(), dtype=torch.bool)
+        zeros.append(zero)
+        wanted[graph.component[ids][zero]] = True
+    for (name, dim, ids), zero in zip(producers, zeros):
+        uncovered[graph.component[ids][~zero]] = True
+    for c in (wanted & graph.fixed).nonzero().flatten().tolist()[:20]:
         report.kept.append(f"channel group {c}: {graph.reasons.get(c, 'fixed')}")
     removed = wanted & ~graph.fixed
-    for name, dim, ids in _producers(graph, model):
-        comps = graph.component[ids]
-        hit = removed[comps]
-        zero = by_producer.get(name)
-        covered = torch.zeros_like(hit) if zero is None else torch.isin(comps, zero)
-        extra = int((hit & ~covered).sum())
-        if extra and (name in masks or zero is not None):
+    extended = removed & uncovered
+    for (name, dim, ids), zero in zip(producers, zeros):
+        extra = int((extended[graph.component[ids]] & ~zero).sum())
+        if extra:
             report.extended.append(f"{name}: {extra} more output channel(s) removed with their group")
-        elif extra:
-            report.extended.append(f"{name}: {extra} output channel(s) removed with their group (it had no mask)")
-    return removed
+    return removed, extended
 
 
 def _slice(t: torch.Tensor, dims: Mapping[int, torch.Tensor], keep_of) -> torch.Tensor:
@@ -298,19 +298,25 @@ class ModelSpeedup:
                 for target, mask in targets.items():
                     getattr(module, target).mul_(mask.to(getattr(module, target).dtype))
         graph = trace_channels(work, self.dummy_input)
-        removed = plan_removal(work, graph, self.masks, report)
+        removed, extended = plan_removal(work, graph, self.masks, report)
         modes = {m: m.training for m in work.modules()}
         work.eval()
         with torch.no_grad():
+            # A group the masks covered only in part: zero every parameter it touches, as
+            # the masks of a dependency-aware pruner would have.
+            for fqn, dims in graph.tensors.items():
+                owner, _, attr = fqn.rpartition(".")
+                tensor = getattr(work.get_submodule(owner), attr)
+                if not isinstance(tensor, nn.Parameter):
+                    continue
+                for d, ids in dims.items():
+                    hit = extended[graph.component[ids]]
+                    if bool(hit.any()):
+                        tensor.index_fill_(d, hit.nonzero().flatten().to(tensor.device), 0)
             for name, dim, ids in _producers(graph, work):
-                gone = removed[graph.component[ids]]
-                if bool(gone.any()):
-                    module = work.get_submodule(name)
-                    idx = gone.nonzero().flatten().to(module.weight.device)
-                    module.weight.index_fill_(dim, idx, 0)
-                    if getattr(module, "bias", None) is not None:
-                        module.bias.index_fill_(0, idx, 0)
-                    report.removed[name] = int(gone.sum())
+                gone = int(removed[graph.component[ids]].sum())
+                if gone:
+                    report.removed[name] = gone
         reference = _fold_constants(work, graph, removed, self.dummy_input, report)
         keep_of = lambda ids: ~removed[graph.component[ids]]  # noqa: E731
         touched: set[str] = set()

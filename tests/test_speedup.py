@@ -1,0 +1,310 @@
+"""ModelSpeedup and dependency-aware pruning on known cases: the shrunk model computes
+exactly what the masked model computed."""
+
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from secateurs import FPGMPruner, L1NormPruner, ModelSpeedup, attach_masks, count_flops_params, get_masks
+
+
+def _randomise_bn(model):
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._NormBase):
+                m.running_mean.copy_(torch.rand(m.num_features, generator=g) * 2 - 1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.copy_(torch.rand(m.num_features, generator=g) * 2 - 1)
+    return model
+
+
+def prune_and_speedup(model, x, config, pruner=L1NormPruner):
+    torch.manual_seed(0)
+    _randomise_bn(model).eval()
+    before = sum(p.numel() for p in model.parameters())
+    _, masks = pruner(model, config, dummy_input=x).compress()
+    masked = model(*x) if isinstance(x, tuple) else model(**x) if isinstance(x, dict) else model(x)
+    speedup = ModelSpeedup(model, x, masks)
+    speedup.speedup_model()
+    out = model(*x) if isinstance(x, tuple) else model(**x) if isinstance(x, dict) else model(x)
+    assert out.shape == masked.shape
+    assert torch.allclose(out, masked, rtol=1e-4, atol=1e-5 * masked.abs().max().item())
+    assert get_masks(model) == {}
+    assert sum(p.numel() for p in model.parameters()) < before
+    return model, speedup.report
+
+
+class ConvBnConv(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.conv2 = nn.Conv2d(16, 8, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv2(F.relu(self.bn1(self.conv1(x))))
+
+
+def test_conv_bn_relu_conv_has_no_bn_leak():
+    model, _ = prune_and_speedup(ConvBnConv(), torch.randn(2, 3, 8, 8), [{"op_names": ["conv1"], "sparse_ratio": 0.5}])
+    assert model.conv1.out_channels == 8 and model.bn1.num_features == 8 and model.conv2.in_channels == 8
+    assert model.bn1.bias.abs().min() > 0  # real BN biases, nothing zeroed to hide a leak
+
+
+class Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.bn0 = nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.a, self.bna = nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.b, self.bnb = nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x):
+        x = F.relu(self.bn0(self.stem(x)))
+        y = self.bnb(self.b(F.relu(self.bna(self.a(x)))))
+        x = F.relu(x + y)
+        return self.head(x.mean((2, 3)))
+
+
+def test_residual_add_couples_channels_and_prunes_them_together():
+    model, _ = prune_and_speedup(Residual(), torch.randn(2, 3, 8, 8), [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}])
+    assert model.stem.out_channels == model.b.out_channels == model.head.in_features == 8
+    assert model.a.out_channels == 8 and model.head.out_features == 5
+
+
+class Concat(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.l, self.r = nn.Conv2d(3, 8, 1), nn.Conv2d(3, 6, 3, padding=1)
+        self.bn = nn.BatchNorm2d(14)
+        self.out = nn.Conv2d(14, 4, 1)
+
+    def forward(self, x):
+        return self.out(F.relu(self.bn(torch.cat([self.l(x), self.r(x)], dim=1))))
+
+
+def test_concat_keeps_each_branch_offset():
+    model, _ = prune_and_speedup(Concat(), torch.randn(2, 3, 6, 6), [{"op_names": ["l", "r"], "sparse_ratio": 0.5}])
+    assert (model.l.out_channels, model.r.out_channels, model.bn.num_features, model.out.in_channels) == (4, 3, 7, 7)
+
+
+class SplitAlongWidth(nn.Module):
+    """A split along a non-channel dim couples nothing."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.out = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        left, right = self.conv(x).chunk(2, dim=3)
+        return self.out(F.relu(left) * torch.sigmoid(right))
+
+
+def test_split_along_a_spatial_dim_does_not_block_pruning():
+    model, _ = prune_and_speedup(SplitAlongWidth(), torch.randn(2, 3, 6, 6), [{"op_names": ["conv"], "sparse_ratio": 0.5}])
+    assert model.conv.out_channels == 4
+
+
+class Depthwise(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.pw1, self.bn1 = nn.Conv2d(3, 12, 1), nn.BatchNorm2d(12)
+        self.dw, self.bn2 = nn.Conv2d(12, 12, 3, padding=1, groups=12), nn.BatchNorm2d(12)
+        self.grouped = nn.Conv2d(12, 12, 3, padding=1, groups=3)
+        self.pw2 = nn.Conv2d(12, 4, 1)
+
+    def forward(self, x):
+        x = F.relu6(self.bn2(self.dw(F.relu6(self.bn1(self.pw1(x))))))
+        return self.pw2(self.grouped(x))
+
+
+def test_grouped_conv_makes_its_channels_unprunable_without_a_warning():
+    model, x = Depthwise(), torch.randn(2, 3, 6, 6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pruner = L1NormPruner(model, [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}], dummy_input=x)
+    # pw1 -> dw -> grouped: the grouped conv's input group (pw1, dw) and its own outputs
+    # (into pw2, whose outputs are the model's) are unprunable.
+    _, masks = pruner.compress()
+    assert all(bool(m.all()) for t in masks.values() for m in t.values())
+    assert any("grouped convolution grouped" in r for r in pruner.graph.reasons.values())
+
+
+class DepthwiseNoGroupedConv(Depthwise):
+    def forward(self, x):
+        return self.pw2(F.relu6(self.bn2(self.dw(F.relu6(self.bn1(self.pw1(x)))))))
+
+
+def test_depthwise_conv_shrinks_with_its_input():
+    model, _ = prune_and_speedup(DepthwiseNoGroupedConv(), torch.randn(2, 3, 6, 6),
+                                 [{"op_names": ["pw1"], "sparse_ratio": 0.5}])
+    assert model.pw1.out_channels == model.dw.in_channels == model.dw.out_channels == model.dw.groups == 6
+
+
+class FlattenLinear(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(1, 6, 3), nn.BatchNorm2d(6)
+        self.fc1, self.fc2 = nn.Linear(6 * 4 * 4, 20), nn.Linear(20, 3)
+
+    def forward(self, x):
+        x = F.relu(self.bn(self.conv(x))).flatten(1)
+        return self.fc2(F.relu(self.fc1(x)))
+
+
+def test_flatten_into_linear_removes_whole_feature_blocks():
+    config = [{"op_types": ["Conv2d", "Linear"], "sparse_ratio": 0.5}]
+    model, _ = prune_and_speedup(FlattenLinear(), torch.randn(3, 1, 6, 6), config)
+    assert model.fc1.in_features == 3 * 16 and model.fc1.out_features == 10
+    assert model.fc2.out_features == 3  # the output layer keeps its outputs
+
+
+def test_frozen_model_is_pruned_and_flags_are_kept():
+    model = Residual()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model, _ = prune_and_speedup(model, torch.randn(2, 3, 8, 8), [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}])
+    assert not any(p.requires_grad for p in model.parameters())
+
+
+def test_train_mode_is_preserved_by_tracing_and_speedup():
+    model = _randomise_bn(Residual()).train()
+    model.bna.eval()
+    x = torch.randn(2, 3, 8, 8)
+    stats = model.bn0.running_mean.clone()
+    pruner = L1NormPruner(model, [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}], dummy_input=x)
+    assert model.training and not model.bna.training
+    assert torch.equal(model.bn0.running_mean, stats)  # tracing did not update BN statistics
+    pruner.compress()
+    ModelSpeedup(model, x).speedup_model()
+    assert model.training and model.a.training and not model.bna.training
+
+
+class TwoInputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 8), nn.Linear(6, 8)
+        self.out = nn.Linear(8, 2)
+
+    def forward(self, x, y=None):
+        return self.out(F.relu(self.a(x) + self.b(y)))
+
+
+@pytest.mark.parametrize("as_kwargs", [False, True])
+def test_multi_input_and_keyword_inputs(as_kwargs):
+    x, y = torch.randn(3, 4), torch.randn(3, 6)
+    inputs = {"x": x, "y": y} if as_kwargs else (x, y)
+    model, _ = prune_and_speedup(TwoInputs(), inputs, [{"op_names": ["a", "b"], "sparse_ratio": 0.5}])
+    assert model.a.out_features == model.b.out_features == model.out.in_features == 4
+
+
+class UnknownOp(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.out = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.out(torch.cumsum(self.conv(x), dim=1))
+
+
+def test_an_unknown_op_is_named_and_its_channels_are_not_pruned():
+    x = torch.randn(1, 3, 4, 4)
+    model = UnknownOp()
+    with pytest.warns(UserWarning, match="cumsum"):
+        _, masks = L1NormPruner(model, [{"op_names": ["conv"], "sparse_ratio": 0.5}], dummy_input=x).compress()
+    assert masks == {} or all(m.all() for t in masks.values() for m in t.values())
+
+
+def test_hand_masks_on_part_of_a_group_are_extended_over_it():
+    model = _randomise_bn(Residual()).eval()
+    x = torch.randn(2, 3, 8, 8)
+    mask = torch.ones(16, 16, 3, 3, dtype=torch.bool)
+    mask[:4] = False
+    masks = {"b": {"weight": mask, "bias": torch.arange(16) >= 4},
+             "bnb": {"weight": torch.arange(16) >= 4, "bias": torch.arange(16) >= 4}}
+    attach_masks(model, masks)
+    speedup = ModelSpeedup(model, x, masks)
+    speedup.speedup_model()
+    assert model.stem.out_channels == 12 and model.b.out_channels == 12
+    assert any("stem" in line for line in speedup.report.extended)
+
+
+def test_constant_of_a_removed_channel_is_folded_into_a_linear_consumer():
+    model = _randomise_bn(FlattenLinear()).eval()
+    x = torch.randn(3, 1, 6, 6)
+    mask = torch.ones(6, 1, 3, 3, dtype=torch.bool)
+    mask[:2] = False  # only the conv's weights: the BN bias still sends a constant
+    attach_masks(model, {"conv": {"weight": mask}})
+    expected = model(x)
+    speedup = ModelSpeedup(model, x)
+    speedup.speedup_model()
+    assert model.conv.out_channels == 4
+    assert torch.allclose(model(x), expected, atol=1e-5)
+    assert speedup.report.folded
+
+
+def test_a_constant_that_cannot_be_folded_is_refused_and_the_model_is_unchanged():
+    model = _randomise_bn(ConvBnConv()).eval()
+    x = torch.randn(2, 3, 8, 8)
+    mask = torch.ones(16, 3, 3, 3, dtype=torch.bool)
+    mask[:4] = False
+    attach_masks(model, {"conv1": {"weight": mask}})
+    expected = model(x)
+    with pytest.raises(RuntimeError, match="left unchanged"):
+        ModelSpeedup(model, x).speedup_model()
+    assert model.conv1.weight.shape == (16, 3, 3, 3)
+    assert torch.equal(model(x), expected)
+
+
+class WithEmbeddingAndAttention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(20, 16)
+        self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.norm = nn.LayerNorm(16)
+        self.fc1, self.fc2 = nn.Linear(16, 32), nn.Linear(32, 16)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, tokens):
+        x = self.emb(tokens)
+        x = self.norm(x + self.attn(x, x, x)[0])
+        x = x + self.fc2(F.gelu(self.fc1(x)))
+        return self.head(x.mean(1))
+
+
+def test_transformer_block_prunes_mlp_hidden_units_only():
+    tokens = torch.randint(0, 20, (2, 5))
+    model, _ = prune_and_speedup(WithEmbeddingAndAttention(), tokens, [{"op_types": ["Linear"], "sparse_ratio": 0.5}])
+    assert model.fc1.out_features == 16 and model.fc2.in_features == 16
+    assert model.attn.embed_dim == 16 and model.head.out_features == 3
+
+
+def test_fpgm_with_dummy_input_also_speeds_up():
+    prune_and_speedup(Residual(), torch.randn(2, 3, 8, 8), [{"op_types": ["Conv2d"], "sparse_ratio": 0.25}], FPGMPruner)
+
+
+def test_dependency_group_realises_the_ratio_per_group():
+    model = Residual()
+    x = torch.randn(2, 3, 8, 8)
+    _, masks = L1NormPruner(model, [{"op_types": ["Conv2d"], "sparse_ratio": 0.3}], dummy_input=x).compress()
+    # stem and b share 16 channels (one group): floor(16 * 0.3) = 4 pruned in both
+    for name in ("stem", "b"):
+        assert int((~masks[name]["weight"].flatten(1).any(1)).sum()) == 4
+    assert torch.equal(masks["stem"]["bias"], masks["b"]["bias"])
+    assert int((~masks["a"]["bias"]).sum()) == 4
+
+
+def test_count_flops_params_counts_conv_linear_and_norms():
+    model = FlattenLinear().eval()
+    flops, params, rows = count_flops_params(model, torch.randn(1, 1, 6, 6))
+    conv = 6 * 4 * 4 * 1 * 9
+    assert flops == conv + 6 * 4 * 4 + 96 * 20 + 20 * 3
+    assert params == sum(p.numel() for p in model.parameters())
+    assert [r["name"] for r in rows] == ["conv", "bn", "fc1", "fc2"]
+    model.train()
+    count_flops_params(model, torch.randn(1, 1, 6, 6))
+    assert model.training
