@@ -31,7 +31,8 @@ def _masks(args: argparse.Namespace) -> int:
         for target, mask in targets.items():
             pruned = mask.numel() - int(mask.count_nonzero())
             shape = "x".join(map(str, mask.shape))
-            print(f"{module_name}.{target}  {shape}  {pruned / mask.numel():.2%} pruned")
+            ratio = pruned / mask.numel() if mask.numel() else 0.0
+            print(f"{module_name}.{target}  {shape}  {ratio:.2%} pruned")
     return 0
 
 

@@ -214,13 +214,33 @@ def translate_nni2(config: Mapping[str, Any], index: int) -> dict[str, Any]:
     return out
 
 
+_NNI2_TARGET = {"sparsity": "sparse_ratio", "sparsity_per_layer": "sparse_ratio", "total_sparsity": "sparse_ratio",
+                "max_sparsity_per_layer": "max_sparse_ratio"}
+
+
 def validate_config(config: Any, index: int, schema: ConfigSchema) -> dict[str, Any]:
     """Check one config dict and return it translated and normalised.
+
+    Errors about a translated NNI 2.x key name the key as the user wrote it.
 
     Raises:
         TypeError: a value has the wrong type (the message names key, value, allowed).
         ValueError: an unknown key, an out-of-range value or a contradiction.
     """
+    try:
+        return _validate_config(config, index, schema)
+    except (TypeError, ValueError) as err:
+        text = str(err)
+        if isinstance(config, Mapping):
+            for old, new in _NNI2_TARGET.items():
+                if old in config and repr(new) in text:
+                    text = text.replace(repr(new), f"{old!r} (NNI 2.x; read as {new!r})")
+        if text == str(err):
+            raise
+        raise type(err)(text) from None
+
+
+def _validate_config(config: Any, index: int, schema: ConfigSchema) -> dict[str, Any]:
     if not isinstance(config, Mapping):
         raise TypeError(f"config_list[{index}] must be a dict; got {type(config).__name__} {config!r}.")
     known = SELECTOR_KEYS + SETTING_KEYS + NNI2_KEYS + tuple(schema.extra_keys)
@@ -353,12 +373,25 @@ def resolve(model: nn.Module, config_list: Any, schema: ConfigSchema) -> dict[st
                 granularity=cfg.get("granularity", "default"),
                 extras={k: cfg[k] for k in schema.extra_keys if k in cfg},
             )
+    if not chosen:
+        raise ValueError("config_list selects no module once its 'exclude' configs are applied.")
     _check_groups(chosen)
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}
     return dict(sorted(chosen.items(), key=lambda item: order[item[0]]))
 
 
 def _check_groups(chosen: Mapping[str, ModuleSetting]) -> None:
+    first_of_dep: dict[Any, ModuleSetting] = {}
+    for setting in chosen.values():
+        if setting.dependency_group_id is None:
+            continue
+        first = first_of_dep.setdefault(setting.dependency_group_id, setting)
+        if first.global_group_id != setting.global_group_id:
+            raise ValueError(
+                f"dependency_group_id {setting.dependency_group_id!r}: every member must be in the same "
+                f"global group; {first.module_name!r} has global_group_id {first.global_group_id!r} but "
+                f"{setting.module_name!r} has {setting.global_group_id!r}."
+            )
     for key in ("global_group_id", "dependency_group_id"):
         seen: dict[Any, ModuleSetting] = {}
         for setting in chosen.values():

@@ -53,7 +53,7 @@ def run_demo(epochs: int = 2, finetune_epochs: int = 1, out_dir: str = "out", se
     """Train, prune (L1NormPruner on convs, LevelPruner on fc1), fine-tune and report.
 
     Returns:
-        accuracies ("dense", "pruned", "finetuned") and the sparsity report.
+        accuracies ("dense", "pruned", "finetuned") and both pruners' sparsity reports ("reports").
     """
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -87,4 +87,4 @@ def run_demo(epochs: int = 2, finetune_epochs: int = 1, out_dir: str = "out", se
     path = os.path.join(out_dir, "demo_masks.safetensors")
     save_masks(get_masks(model), path)
     log(f"\nmasks saved to {path} (safetensors); total time {time.perf_counter() - t0:.1f} s")
-    return {"dense": dense, "pruned": pruned, "finetuned": finetuned, "report": report}
+    return {"dense": dense, "pruned": pruned, "finetuned": finetuned, "reports": (conv_pruner.report(), fc_pruner.report())}

@@ -188,8 +188,13 @@ def load_masks(path: str | os.PathLike) -> Masks:
         index = json.loads(metadata["index"])
     except (KeyError, json.JSONDecodeError) as err:
         raise ValueError(f"{path!r} has a damaged index: {err}") from None
-    if len(index) != len(tensors):
-        raise ValueError(f"{path!r} has a damaged index: {len(index)} names for {len(tensors)} tensors.")
+    if (
+        not isinstance(index, list)
+        or len(index) != len(tensors)
+        or not all(isinstance(e, list) and len(e) == 2 and all(isinstance(n, str) for n in e) for e in index)
+        or set(tensors) != {str(i) for i in range(len(index))}
+    ):
+        raise ValueError(f"{path!r} has a damaged index: it must name one [module, target] pair per tensor.")
     out: Masks = {}
     for key, (module_name, target) in enumerate(index):
         mask = tensors[str(key)]

@@ -110,5 +110,5 @@ def original_parameter(module: nn.Module, target: str) -> torch.Tensor:
         return module.parametrizations[target].original
     value = getattr(module, target, None)
     if not isinstance(value, torch.Tensor):
-        raise KeyError(f"{type(module).__name__} has no tensor {target!r}.")
+        raise KeyError(f"{module_type_name(module)} has no tensor {target!r}.")
     return value

@@ -64,6 +64,8 @@ _SPATIAL = {"max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d"
             "adaptive_max_pool2d", "adaptive_max_pool3d", "interpolate", "upsample", "upsample_nearest",
             "upsample_bilinear", "lp_pool2d", "max_pool2d_with_indices", "max_pool1d_with_indices",
             "max_pool3d_with_indices", "adaptive_max_pool2d_with_indices", "fractional_max_pool2d"}
+_FACTORY = {"new_zeros", "new_ones", "new_full", "new_empty", "new_tensor", "zeros_like", "ones_like",
+            "empty_like", "full_like", "rand_like", "randn_like", "randint_like"}
 _IGNORED = {"size", "dim", "numel", "__get__", "__len__", "__bool__", "__index__", "__int__", "__float__",
             "__format__", "__repr__", "__hash__", "item", "tolist", "is_floating_point", "is_contiguous",
             "element_size", "stride", "data_ptr", "__setstate__", "get_device", "_assert", "dim_order",
@@ -289,7 +291,8 @@ class _Tracer:
     def unknown_op(self, name: str, tensors: Sequence[torch.Tensor]) -> None:
         touched = False
         for t in tensors:
-            ann = self.get(t)
+            hit = self.ann.get(id(t))  # parameters not yet seen by a rule carry nothing to lose
+            ann = hit[1] if hit is not None and hit[0] is t else None
             if ann:
                 touched = True
                 self.fix_ann(ann, f"unknown op {name!r}")
@@ -302,8 +305,8 @@ class _Tracer:
             return
         flat_in, _ = tree_flatten((args, kwargs))
         tensors_in = [t for t in flat_in if isinstance(t, torch.Tensor)]
-        if not any(self.get(t) for t in tensors_in):
-            return  # nothing channel-carrying goes in: nothing to record
+        if name in _FACTORY or not any(self.get(t) for t in tensors_in):
+            return  # nothing channel-carrying comes out
         handler = _RULES.get(name)
         if name in _UNARY:
             handler = _rule_unary

@@ -123,7 +123,7 @@ class Pruner:
 
     def _coupled(self, t: Target) -> bool:
         """Does ``t`` take part in dependency-aware pruning (a traced layer's output channels)?"""
-        if self.graph is None or t.name != "weight" or t.per_channel:
+        if self.graph is None or t.name != "weight" or t.per_channel or t.setting.dependency_group_id is not None:
             return False
         use = self.graph.modules.get(t.module_name)
         whole_rows = all(b == s for d, (b, s) in enumerate(zip(t.blocks, t.shape)) if d != t.out_dim)
