@@ -2,8 +2,9 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# torch 2.13.0 is the fast local CPU wheel; pinned so every machine runs the same build.
-TORCH := torch==2.13.0
+# torchvision (for the model-zoo tests) does not import beside the 2.13.0 CPU wheel; 2.14.1 + 0.29.1
+# do (a CUDA build that runs on the CPU). Pinned so every machine runs the same build.
+TORCH := torch==2.14.1 torchvision==0.29.1
 
 .PHONY: demo test venv clean
 
