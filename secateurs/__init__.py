@@ -6,7 +6,7 @@ from .config import ModuleSetting
 from .masks import attach_masks, detach_masks, get_masks, load_masks, save_masks
 from .pruners import FPGMPruner, L1NormPruner, L2NormPruner, LevelPruner, Pruner
 from .report import SparsityReport, sparsity_report
-from .speedup import ModelSpeedup, SpeedupReport
+from .speedup import ModelSpeedup, SpeedupReport, load_pruned_model, save_pruned_model
 
 __version__ = "0.1.0"
 
@@ -26,6 +26,8 @@ __all__ = [
     "detach_masks",
     "get_masks",
     "load_masks",
+    "load_pruned_model",
     "save_masks",
+    "save_pruned_model",
     "sparsity_report",
 ]

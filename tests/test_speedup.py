@@ -8,7 +8,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from secateurs import FPGMPruner, L1NormPruner, ModelSpeedup, attach_masks, count_flops_params, get_masks
+from secateurs import (
+    FPGMPruner,
+    L1NormPruner,
+    ModelSpeedup,
+    attach_masks,
+    count_flops_params,
+    get_masks,
+    load_pruned_model,
+    save_pruned_model,
+)
 
 
 def _randomise_bn(model):
@@ -308,3 +317,18 @@ def test_count_flops_params_counts_conv_linear_and_norms():
     model.train()
     count_flops_params(model, torch.randn(1, 1, 6, 6))
     assert model.training
+
+
+def test_a_pruned_model_saves_and_loads_into_a_fresh_instance_without_pickle(tmp_path):
+    x = torch.randn(2, 3, 8, 8)
+    model, _ = prune_and_speedup(Residual(), x, [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}])
+    path = tmp_path / "pruned.safetensors"
+    save_pruned_model(model, path)
+    fresh = load_pruned_model(Residual().eval(), path)
+    assert fresh.stem.out_channels == 8 and fresh.bn0.num_features == 8
+    assert torch.equal(fresh(x), model(x))
+    with pytest.raises(ValueError, match="does not have"):
+        load_pruned_model(ConvBnConv(), path)
+    torch.save(model.state_dict(), tmp_path / "model.pt")
+    with pytest.raises(ValueError, match="not a readable safetensors"):
+        load_pruned_model(Residual(), tmp_path / "model.pt")

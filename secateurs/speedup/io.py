@@ -1,0 +1,97 @@
+"""Save and load a sped-up (shrunk) model without pickle.
+
+The file is one safetensors file: the state dict, plus a JSON description in its
+metadata of every module's class, size attributes (``in_channels``, ``num_features`` ...)
+and tensor shapes. Loading takes a fresh instance of the original architecture, gives
+its modules those sizes, then loads the tensors. Nothing in the file is executed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+import torch.nn as nn
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_model, save_model
+
+from ..targets import module_type_name
+from .engine import _ATTRS
+
+_FORMAT = "secateurs.pruned-model/1"
+
+
+def _describe(model: nn.Module) -> dict:
+    modules = {}
+    for name, module in model.named_modules():
+        attrs = {}
+        for attr in _ATTRS:
+            value = getattr(module, attr, None)
+            if isinstance(value, (int, tuple)) and not isinstance(value, bool):
+                attrs[attr] = list(value) if isinstance(value, tuple) else value
+        tensors = {k: list(v.shape) for k, v in module._parameters.items() if v is not None}
+        buffers = {k: list(v.shape) for k, v in module._buffers.items() if v is not None}
+        if attrs or tensors or buffers:
+            modules[name] = {"type": module_type_name(module), "attrs": attrs, "parameters": tensors,
+                             "buffers": buffers}
+    return modules
+
+
+def save_pruned_model(model: nn.Module, path: str | os.PathLike) -> None:
+    """Write ``model``'s shapes and tensors to ``path`` (safetensors + JSON metadata).
+
+    Masks must be detached first (``ModelSpeedup`` does that).
+    """
+    from ..masks import get_masks
+
+    if get_masks(model):
+        raise ValueError("save_pruned_model: the model still has masks attached; run ModelSpeedup or unwrap_model first.")
+    meta = {"format": _FORMAT, "modules": json.dumps(_describe(model))}
+    save_model(model, os.fspath(path), metadata=meta)
+
+
+def load_pruned_model(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Resize a fresh instance of the original architecture to the saved shapes, then load
+    the saved tensors into it. Modifies ``model`` in place and returns it.
+
+    Raises:
+        ValueError: the file is not a pruned-model file, or its modules do not match the
+            model's (a missing module or a different class is named).
+    """
+    path = os.fspath(path)
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{path!r} is not a readable safetensors file: {err}") from None
+    if meta.get("format") != _FORMAT:
+        raise ValueError(f"{path!r} is not a secateurs pruned-model file (format {meta.get('format')!r}).")
+    try:
+        modules = json.loads(meta["modules"])
+    except (KeyError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path!r} has a damaged description: {err}") from None
+    present = dict(model.named_modules())
+    for name, spec in modules.items():
+        module = present.get(name)
+        if module is None:
+            raise ValueError(f"{path!r} describes module {name!r}, which {type(model).__name__} does not have.")
+        if module_type_name(module) != spec.get("type"):
+            raise ValueError(
+                f"{path!r}: module {name!r} is {spec.get('type')} in the file but {module_type_name(module)} here."
+            )
+        for attr, value in spec.get("attrs", {}).items():
+            if attr in _ATTRS:
+                setattr(module, attr, tuple(value) if isinstance(value, list) else int(value))
+        for kind in ("parameters", "buffers"):
+            store = module._parameters if kind == "parameters" else module._buffers
+            for key, shape in spec.get(kind, {}).items():
+                old = store.get(key)
+                if old is None or list(old.shape) == shape:
+                    continue
+                new = torch.empty(shape, dtype=old.dtype, device=old.device)
+                store[key] = nn.Parameter(new, requires_grad=old.requires_grad) if kind == "parameters" else new
+    missing, unexpected = load_model(model, path, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path!r} does not fit the model: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}.")
+    return model
