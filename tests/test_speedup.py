@@ -24,7 +24,7 @@ def _randomise_bn(model):
     g = torch.Generator().manual_seed(7)
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._NormBase):
+            if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats:
                 m.running_mean.copy_(torch.rand(m.num_features, generator=g) * 2 - 1)
                 m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
                 m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
@@ -332,3 +332,46 @@ def test_a_pruned_model_saves_and_loads_into_a_fresh_instance_without_pickle(tmp
     torch.save(model.state_dict(), tmp_path / "model.pt")
     with pytest.raises(ValueError, match="not a readable safetensors"):
         load_pruned_model(Residual(), tmp_path / "model.pt")
+
+
+class ManyLayerTypes(nn.Module):
+    """Conv1d, Conv3d, ConvTranspose2d, GroupNorm, InstanceNorm2d, PReLU and an Embedding."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(10, 12)
+        self.c1 = nn.Conv1d(12, 8, 3, padding=1)
+        self.gn = nn.GroupNorm(4, 8)
+        self.prelu = nn.PReLU(8)
+        self.up = nn.ConvTranspose2d(8, 6, 2, stride=2)
+        self.inorm = nn.InstanceNorm2d(6, affine=True)
+        self.c3 = nn.Conv3d(6, 4, 1)
+        self.out = nn.Linear(4, 3)
+
+    def forward(self, tokens):
+        x = self.emb(tokens).transpose(1, 2)               # (B, 12, L)
+        x = self.prelu(self.gn(self.c1(x)))                # (B, 8, L)
+        x = self.inorm(self.up(x.unsqueeze(-1)))           # (B, 6, 2L, 2)
+        x = self.c3(F.relu(x).unsqueeze(-1))               # (B, 4, 2L, 2, 1)
+        return self.out(x.mean((2, 3, 4)))
+
+
+def test_every_supported_layer_type_shrinks_exactly():
+    tokens = torch.randint(0, 10, (2, 7))
+    config = [{"op_types": ["Embedding", "Conv1d", "ConvTranspose2d"], "sparse_ratio": 0.5}]
+    model, report = prune_and_speedup(ManyLayerTypes(), tokens, config)
+    assert model.emb.embedding_dim == 6 and model.c1.in_channels == 6
+    # GroupNorm removes whole groups: 2 of 4 groups of 2 channels
+    assert model.c1.out_channels == 4 and (model.gn.num_channels, model.gn.num_groups) == (4, 2)
+    assert model.prelu.num_parameters == 4 and model.up.in_channels == 4
+    assert model.up.out_channels == 3 and model.inorm.num_features == 3 and model.c3.in_channels == 3
+
+
+def test_count_flops_params_counts_attention_and_matmul():
+    model = WithEmbeddingAndAttention().eval()
+    tokens = torch.randint(0, 20, (2, 5))
+    flops, _, rows = count_flops_params(model, tokens)
+    attn = next(r for r in rows if r["type"] == "MultiheadAttention")
+    # projections (q, k, v, out) plus both attention products, for 2 x 5 tokens of width 16
+    assert attn["flops"] == 4 * 10 * 16 * 16 + 2 * 2 * 5 * 5 * 16
+    assert flops == sum(r["flops"] for r in rows)

@@ -105,6 +105,8 @@ class ChannelGraph:
     modules: dict[str, ModuleUse]
     reasons: dict[int, str] = field(default_factory=dict)
     unknown_ops: dict[str, int] = field(default_factory=dict)
+    input_stats: dict[str, torch.Tensor] = field(default_factory=dict)
+    output: Any = None
 
     def components_of(self, ids: Ids) -> torch.Tensor:
         return self.component[ids]
@@ -134,6 +136,8 @@ class _Tracer:
         self.param_names.update({id(b): n for n, b in model.named_buffers(remove_duplicate=False)})
         self.module_names = {id(m): n for n, m in model.named_modules(remove_duplicate=False)}
         self.keep_alive: list[Any] = []
+        self.record_inputs = False
+        self.input_stats: dict[str, torch.Tensor] = {}
 
     # -- variables -------------------------------------------------------------------
     def fresh(self, n: int) -> Ids:
@@ -278,6 +282,14 @@ class _Tracer:
             self.set(first, {first.dim() - 1: out_ids})
             self.modules.setdefault(name, use)
             return
+        if self.record_inputs and use.in_ids is not None and isinstance(module, (*_CONV, nn.Linear)):
+            cdim = x.dim() - 1 if isinstance(module, nn.Linear) else x.dim() - module.weight.dim() + 1
+            per = x.detach().movedim(cdim, 0).reshape(x.shape[cdim], -1)
+            stats = torch.stack([per.amin(1), per.amax(1), per.mean(1)])
+            prev = self.input_stats.get(name)
+            if prev is not None:
+                stats = torch.stack([torch.minimum(prev[0], stats[0]), torch.maximum(prev[1], stats[1]), prev[2]])
+            self.input_stats[name] = stats
         known = self.modules.get(name)
         if known is None:
             self.modules[name] = use
@@ -348,7 +360,8 @@ class _Tracer:
             for c in new.tolist()[:1]:
                 reasons.setdefault(c, why)
             fixed[comps] = True
-        return ChannelGraph(n, component, fixed, self.tensors, self.modules, reasons, dict(self.unknown))
+        return ChannelGraph(n, component, fixed, self.tensors, self.modules, reasons, dict(self.unknown),
+                            self.input_stats, outputs)
 
 
 # -- op rules -------------------------------------------------------------------------
@@ -815,14 +828,20 @@ def call_with(model: nn.Module, example: Any) -> Any:
     return model(example)
 
 
-def trace_channels(model: nn.Module, example: Any, warn: bool = True) -> ChannelGraph:
+def trace_channels(model: nn.Module, example: Any, warn: bool = True, record_inputs: bool = False) -> ChannelGraph:
     """Run ``model`` once on ``example`` and build its :class:`ChannelGraph`.
 
     The model's modes are restored afterwards, gradients are not recorded and nothing
     is printed; ops that are not understood make the channels they touch unprunable
     and are named in one warning.
+
+    Args:
+        record_inputs: also keep, for every Conv and Linear, the per-channel minimum,
+            maximum and mean of its input (``graph.input_stats``), and the output
+            (``graph.output``): what the speedup engine needs to fold constants.
     """
     tracer = _Tracer(model)
+    tracer.record_inputs = record_inputs
     modes = {m: m.training for m in model.modules()}
     handles = []
 

@@ -89,7 +89,8 @@ class Pruner:
                     f"config_list[{setting.config_index}]: {key} asks for tensor {name!r}, but "
                     f"{setting.module_name!r} ({setting.module_type}) has no such tensor."
                 )
-        out_dim = 1 if isinstance(module, _TRANSPOSED) else 0
+        # The output channels of a transposed conv and of an embedding are dim 1 of the weight.
+        out_dim = 1 if isinstance(module, (*_TRANSPOSED, nn.Embedding)) else 0
         targets = []
         for name in names:
             shape = tuple(getattr(module, name).shape)

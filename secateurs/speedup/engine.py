@@ -165,45 +165,44 @@ def _update_attrs(module: nn.Module) -> None:
         module.embedding_dim = w.shape[1]
 
 
-def _fold_constants(model: nn.Module, graph: ChannelGraph, removed: torch.Tensor, example: Any,
-                    report: SpeedupReport) -> Any:
-    """Zero producers of removed channels, run once, fold constants; returns the reference output."""
-    consumers = {}
-    for name, use in graph.modules.items():
-        module = model.get_submodule(name)
-        if use.in_ids is None or not isinstance(module, (*_CONV, nn.Linear)):
-            continue
-        gone = removed[graph.component[use.in_ids]]
-        if bool(gone.any()):
-            consumers[name] = (module, gone)
+def _input_stats(model: nn.Module, names: list[str], example: Any) -> tuple[dict[str, torch.Tensor], Any]:
+    """Per-channel (min, max, mean) of the inputs of the named layers, and the output."""
     seen: dict[str, torch.Tensor] = {}
 
     def hook(name):
         def record(module, args):
             x = args[0]
             cdim = x.dim() - 1 if isinstance(module, nn.Linear) else x.dim() - module.weight.dim() + 1
-            gone = consumers[name][1].to(x.device)
-            values = x.movedim(cdim, 0)[gone].reshape(int(gone.sum()), -1)
-            lo, hi = values.amin(1), values.amax(1)
+            per = x.movedim(cdim, 0).reshape(x.shape[cdim], -1)
+            stats = torch.stack([per.amin(1), per.amax(1), per.mean(1)])
             prev = seen.get(name)
-            stats = torch.stack([lo, hi, values.mean(1)])
             if prev is not None:
-                stats = torch.stack([torch.minimum(prev[0], lo), torch.maximum(prev[1], hi), prev[2]])
+                stats = torch.stack([torch.minimum(prev[0], stats[0]), torch.maximum(prev[1], stats[1]), prev[2]])
             seen[name] = stats
 
         return record
 
-    handles = [m.register_forward_pre_hook(hook(n)) for n, (m, _) in consumers.items()]
+    handles = [model.get_submodule(n).register_forward_pre_hook(hook(n)) for n in names]
     try:
         with torch.no_grad():
-            reference = call_with(model, example)
+            output = call_with(model, example)
     finally:
         for h in handles:
             h.remove()
-    for name, (module, gone) in consumers.items():
-        if name not in seen:
+    return seen, output
+
+
+def _fold_constants(model: nn.Module, graph: ChannelGraph, removed: torch.Tensor,
+                    stats: Mapping[str, torch.Tensor], report: SpeedupReport) -> None:
+    """Fold the constant that removed input channels carry into each consumer's bias."""
+    for name, use in graph.modules.items():
+        module = model.get_submodule(name)
+        if use.in_ids is None or not isinstance(module, (*_CONV, nn.Linear)) or name not in stats:
             continue
-        lo, hi, mean = seen[name]
+        gone = removed[graph.component[use.in_ids]]
+        if not bool(gone.any()):
+            continue
+        lo, hi, mean = stats[name][:, gone.to(stats[name].device)]
         scale = torch.maximum(lo.abs(), hi.abs())
         if float(scale.max()) <= 1e-12:
             continue  # removed channels carry zeros: nothing to fold
@@ -229,7 +228,6 @@ def _fold_constants(model: nn.Module, graph: ChannelGraph, removed: torch.Tensor
         with torch.no_grad():
             module.bias.add_(contribution)
         report.folded.append(f"{name}: bias took the constant of {len(idx)} removed input channel(s)")
-    return reference
 
 
 def _max_diff(a: Any, b: Any) -> tuple[float, float]:
@@ -297,7 +295,7 @@ class ModelSpeedup:
             with torch.no_grad():
                 for target, mask in targets.items():
                     getattr(module, target).mul_(mask.to(getattr(module, target).dtype))
-        graph = trace_channels(work, self.dummy_input)
+        graph = trace_channels(work, self.dummy_input, record_inputs=True)
         removed, extended = plan_removal(work, graph, self.masks, report)
         modes = {m: m.training for m in work.modules()}
         work.eval()
@@ -317,7 +315,10 @@ class ModelSpeedup:
                 gone = int(removed[graph.component[ids]].sum())
                 if gone:
                     report.removed[name] = gone
-        reference = _fold_constants(work, graph, removed, self.dummy_input, report)
+        stats, reference = graph.input_stats, graph.output
+        if bool(extended.any()):  # zeroing changed the model: measure it again
+            stats, reference = _input_stats(work, list(stats), self.dummy_input)
+        _fold_constants(work, graph, removed, stats, report)
         keep_of = lambda ids: ~removed[graph.component[ids]]  # noqa: E731
         touched: set[str] = set()
         for fqn, dims in graph.tensors.items():
