@@ -340,8 +340,14 @@ def validate_config_list(config_list: Any, schema: ConfigSchema) -> list[dict[st
     return [validate_config(c, i, schema) for i, c in enumerate(config_list)]
 
 
-def resolve(model: nn.Module, config_list: Any, schema: ConfigSchema) -> dict[str, ModuleSetting]:
+def resolve(
+    model: nn.Module, config_list: Any, schema: ConfigSchema, alias_prefix: str | None = None
+) -> dict[str, ModuleSetting]:
     """Validate config_list and decide, for every module, which config prunes it.
+
+    Args:
+        alias_prefix: a prefix module names may carry in the configs (``"module."`` for a
+            model inside DistributedDataParallel); names are resolved with or without it.
 
     Returns:
         module name -> ModuleSetting, in ``model.named_modules()`` order.
@@ -354,7 +360,7 @@ def resolve(model: nn.Module, config_list: Any, schema: ConfigSchema) -> dict[st
     configs = validate_config_list(config_list, schema)
     chosen: dict[str, ModuleSetting] = {}
     for index, cfg in enumerate(configs):
-        names = select_modules(model, cfg, index, schema.default_op_types)
+        names = select_modules(model, cfg, index, schema.default_op_types, alias_prefix)
         for name, module in names.items():
             if cfg["exclude"]:
                 chosen.pop(name, None)

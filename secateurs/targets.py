@@ -36,7 +36,11 @@ def _named_submodules(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def select_modules(
-    model: nn.Module, cfg: Mapping[str, Any], index: int, default_op_types: tuple[str, ...]
+    model: nn.Module,
+    cfg: Mapping[str, Any],
+    index: int,
+    default_op_types: tuple[str, ...],
+    alias_prefix: str | None = None,
 ) -> dict[str, nn.Module]:
     """Return the modules one validated config selects, by name, in model order.
 
@@ -50,6 +54,12 @@ def select_modules(
             matches), or the config selects no module at all.
     """
     modules = _named_submodules(model)
+    if alias_prefix:
+        cfg = dict(cfg)
+        for key in ("op_names", "exclude_op_names"):
+            if key in cfg:
+                cfg[key] = tuple(n[len(alias_prefix):] if n.startswith(alias_prefix) and n not in modules else n
+                                 for n in cfg[key])
     for key in ("op_names", "exclude_op_names"):
         for name in cfg.get(key, ()):
             if name not in modules:
@@ -84,9 +94,10 @@ def select_modules(
         type_name = module_type_name(module)
         if op_types is not None and type_name not in op_types:
             continue
-        if by_name and name not in names and not any(p.match(name) for p in patterns):
+        aliases = (name, alias_prefix + name) if alias_prefix else (name,)
+        if by_name and name not in names and not any(p.match(a) for p in patterns for a in aliases):
             continue
-        if name in ex_names or type_name in ex_types or any(p.match(name) for p in ex_patterns):
+        if name in ex_names or type_name in ex_types or any(p.match(a) for p in ex_patterns for a in aliases):
             continue
         selected[name] = module
     if not selected:

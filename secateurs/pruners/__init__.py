@@ -2,5 +2,24 @@
 
 from .base import Pruner, Target
 from .basic import FPGMPruner, L1NormPruner, L2NormPruner, LevelPruner
+from .data import (
+    ActivationAPoZRankPruner,
+    ActivationMeanRankPruner,
+    DataPruner,
+    SlimPruner,
+    TaylorFOWeightPruner,
+)
 
-__all__ = ["FPGMPruner", "L1NormPruner", "L2NormPruner", "LevelPruner", "Pruner", "Target"]
+__all__ = [
+    "ActivationAPoZRankPruner",
+    "ActivationMeanRankPruner",
+    "DataPruner",
+    "FPGMPruner",
+    "L1NormPruner",
+    "L2NormPruner",
+    "LevelPruner",
+    "Pruner",
+    "SlimPruner",
+    "Target",
+    "TaylorFOWeightPruner",
+]

@@ -61,14 +61,24 @@ class Pruner:
         if not isinstance(model, nn.Module):
             raise TypeError(f"{type(self).__name__}: model must be a torch.nn.Module; got {type(model).__name__}.")
         self.model = model
+        # A model wrapped in (Distributed)DataParallel is pruned through its inner module;
+        # configs may name modules with or without the wrapper's "module." prefix.
+        wrapped = isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel))
+        self.net: nn.Module = model.module if wrapped else model
         self.config_list = copy.deepcopy(config_list)
-        self.settings = resolve(model, config_list, self.config_schema())
+        self.settings = self._adjust_settings(
+            resolve(self.net, config_list, self.config_schema(), alias_prefix="module." if wrapped else None)
+        )
         self.targets = [t for s in self.settings.values() for t in self._targets_of(s)]
         self.dummy_input = dummy_input
         self.graph: ChannelGraph | None = None
         if dummy_input is not None:
-            self.graph = trace_channels(model, dummy_input)
+            self.graph = trace_channels(self.net, dummy_input)
         self.masks: Masks = {}
+
+    def _adjust_settings(self, settings: dict[str, ModuleSetting]) -> dict[str, ModuleSetting]:
+        """Hook for pruners whose algorithm fixes part of the settings (Slim ranks globally)."""
+        return settings
 
     @classmethod
     def config_schema(cls) -> ConfigSchema:
@@ -79,7 +89,7 @@ class Pruner:
         )
 
     def _targets_of(self, setting: ModuleSetting) -> list[Target]:
-        module = get_module(self.model, setting.module_name)
+        module = get_module(self.net, setting.module_name)
         explicit = setting.target_names is not None
         names = list(setting.target_names) if explicit else ["weight"]
         for name in names:
@@ -171,10 +181,10 @@ class Pruner:
     def _graph_masks(self, removed: torch.Tensor) -> Masks:
         """Masks for every parameter that carries a removed channel group."""
         graph, masks = self.graph, {}
-        params = dict(self.model.named_parameters())
+        params = dict(self.net.named_parameters())
         for fqn, dims in graph.tensors.items():
             owner, _, attr = fqn.rpartition(".")
-            module = get_module(self.model, owner)
+            module = get_module(self.net, owner)
             if attr.endswith("original") or not isinstance(getattr(module, attr, None), torch.Tensor):
                 continue
             tensor = getattr(module, attr)
@@ -203,7 +213,7 @@ class Pruner:
         scored, coupled = [], []
         with torch.no_grad():
             for t in self.targets:
-                tensor = getattr(get_module(self.model, t.module_name), t.name).detach()
+                tensor = getattr(get_module(self.net, t.module_name), t.name).detach()
                 scores = self.score(t, to_units(tensor, t.blocks))
                 if self._coupled(t):
                     coupled.append((t, scores.reshape(-1)))
@@ -239,16 +249,17 @@ class Pruner:
         """Compute masks and attach them to the model in place.
 
         Returns:
-            The same model object (now computing with masked weights) and the masks.
+            The model object given to the constructor (now computing with masked weights)
+            and the masks, keyed by module names inside a (Distributed)DataParallel wrapper.
         """
         self.masks = self.calculate_masks()
-        attach_masks(self.model, self.masks)
+        attach_masks(self.net, self.masks)
         return self.model, self.masks
 
     def unwrap_model(self) -> None:
         """Detach the masks in place; pruned entries of the parameters become zero."""
-        detach_masks(self.model, apply=True)
+        detach_masks(self.net, apply=True)
 
     def report(self) -> SparsityReport:
         """Per-target realised sparsity of the current masks, with the config each came from."""
-        return sparsity_report(self.model, self.masks, self.settings)
+        return sparsity_report(self.net, self.masks, self.settings)

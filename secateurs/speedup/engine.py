@@ -113,6 +113,13 @@ def plan_removal(model: nn.Module, graph: ChannelGraph, masks: Mapping[str, Mapp
         zero = _channel_zero(mask, dim) if mask is not None else torch.zeros(ids.numel(), dtype=torch.bool)
         zeros.append(zero)
         wanted[graph.component[ids][zero]] = True
+    for name, use in graph.modules.items():
+        # A norm layer with scale and shift both masked outputs zero: its channel is gone
+        # (Network Slimming's masks), whatever produced it.
+        targets = masks.get(name, {})
+        if use.out_ids is not None and "weight" in targets and "bias" in targets and targets["weight"].dim() == 1:
+            silent = ~targets["weight"] & ~targets["bias"]
+            wanted[graph.component[use.out_ids][silent]] = True
     for (name, dim, ids), zero in zip(producers, zeros):
         uncovered[graph.component[ids][~zero]] = True
     for c in (wanted & graph.fixed).nonzero().flatten().tolist()[:20]:

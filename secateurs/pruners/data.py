@@ -1,0 +1,267 @@
+"""Pruners that learn their scores from training: Slim, ActivationAPoZRank,
+ActivationMeanRank, TaylorFOWeight.
+
+Each runs ``training_steps`` optimizer steps of the user's own training through an
+:class:`~secateurs.evaluators.Evaluator`, gathering statistics with hooks; the statistics
+are summed over ranks under ``torch.distributed`` so every rank computes the same masks;
+the usual allocator then turns them into masks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .._registry import PRUNERS
+from ..config import ModuleSetting
+from ..evaluators.base import Evaluator
+from ..masks import Masks
+from ..sparsity import to_units
+from ..targets import get_module, original_parameter
+from .base import Pruner, Target
+
+_ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "relu6": F.relu6}
+_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm)
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum ``t`` over the ranks of the default process group (in place), if there is one."""
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+class DataPruner(Pruner):
+    """Base of the pruners that gather statistics from ``training_steps`` training steps.
+
+    Args:
+        model: the model (it may be wrapped in DistributedDataParallel).
+        config_list: see the config reference.
+        evaluator: runs the user's training (TorchEvaluator, LightningEvaluator, ...).
+        training_steps: optimizer steps to gather statistics over.
+        dummy_input: example inputs for dependency-aware masks; defaults to the
+            evaluator's ``dummy_input``.
+    """
+
+    def __init__(self, model: nn.Module, config_list: list[dict[str, Any]], evaluator: Evaluator,
+                 training_steps: int, *, dummy_input: Any = None) -> None:
+        name = type(self).__name__
+        if not isinstance(evaluator, Evaluator):
+            raise TypeError(
+                f"{name}: 'evaluator' must be a secateurs Evaluator (TorchEvaluator, LightningEvaluator, "
+                f"TransformersEvaluator); got {type(evaluator).__name__}."
+            )
+        if not isinstance(training_steps, int) or isinstance(training_steps, bool) or training_steps < 1:
+            raise ValueError(f"{name}: 'training_steps' must be a positive int; got {training_steps!r}.")
+        super().__init__(model, config_list,
+                         dummy_input=dummy_input if dummy_input is not None else evaluator.dummy_input)
+        self.evaluator = evaluator
+        self.training_steps = training_steps
+        self.stats: dict[tuple[str, str], torch.Tensor] = {}
+
+    def _install(self, evaluator: Evaluator) -> None:
+        """Register the hooks and patches that gather ``self.stats``."""
+        raise NotImplementedError
+
+    def _finish(self) -> None:
+        """Turn gathered sums into scores once training is over (after the all-reduce)."""
+
+    def compress(self) -> tuple[nn.Module, Masks]:
+        """Train ``training_steps`` steps gathering statistics, then compute and attach masks."""
+        self.stats = {}
+        with self.evaluator.session(self.model) as evaluator:
+            self._install(evaluator)
+            evaluator.train(max_steps=self.training_steps)
+        missing = [f"{m}.{n}" for m, n in ((t.module_name, t.name) for t in self.targets if t.name == "weight")
+                   if (m, n) not in self.stats]
+        if missing:
+            raise RuntimeError(
+                f"{type(self).__name__}: training ran but gathered nothing for {missing[:5]}; are these modules "
+                "used in the training forward pass, and does the training loop call optimizer.step()?"
+            )
+        for value in self.stats.values():
+            all_reduce_sum(value)
+        self._finish()
+        return super().compress()
+
+    def score(self, target: Target, units: torch.Tensor) -> torch.Tensor:
+        return self.stats[(target.module_name, target.name)].to(units.device)
+
+    def _require_channels(self) -> None:
+        for t in self.targets:
+            if t.name == "weight" and (t.per_channel or t.setting.granularity not in ("default", "out_channel")):
+                raise ValueError(
+                    f"config_list[{t.setting.config_index}]: {type(self).__name__} scores output channels; "
+                    f"'granularity' must be 'out_channel' (or left out) for {t.module_name!r}; "
+                    f"got {t.setting.granularity!r}."
+                )
+
+
+def _channel_dim(module: nn.Module, output: torch.Tensor) -> int:
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        return output.dim() - 1
+    return 1 if output.dim() > 1 else 0
+
+
+class _ActivationPruner(DataPruner):
+    """Hooks record ``activation(output)`` of each target per output channel."""
+
+    def __init__(self, model: nn.Module, config_list: list[dict[str, Any]], evaluator: Evaluator,
+                 training_steps: int, activation: str = "relu", *, dummy_input: Any = None) -> None:
+        if activation not in _ACTIVATIONS:
+            raise ValueError(
+                f"{type(self).__name__}: 'activation' must be one of {sorted(_ACTIVATIONS)}; got {activation!r}."
+            )
+        super().__init__(model, config_list, evaluator, training_steps, dummy_input=dummy_input)
+        self.activation = activation
+        self._require_channels()
+
+    def _reduce(self, act: torch.Tensor) -> torch.Tensor:
+        """Per-channel statistic of one batch, shape (2, C): a sum and a count."""
+        raise NotImplementedError
+
+    def _install(self, evaluator: Evaluator) -> None:
+        fn = _ACTIVATIONS[self.activation]
+        for t in self.targets:
+            if t.name != "weight":
+                continue
+            key = (t.module_name, t.name)
+
+            def hook(module, args, output, key=key):
+                out = output[0] if isinstance(output, tuple) else output
+                with torch.no_grad():
+                    act = fn(out.detach())
+                    per = act.movedim(_channel_dim(module, act), 0).reshape(act.shape[_channel_dim(module, act)], -1)
+                    batch = self._reduce(per).double()
+                self.stats[key] = self.stats[key] + batch if key in self.stats else batch
+
+            evaluator.hook_forward(get_module(self.net, t.module_name), hook)
+
+
+@PRUNERS.register("apoz")
+class ActivationAPoZRankPruner(_ActivationPruner):
+    """Prune the output channels with the highest Average Percentage of Zeros (APoZ).
+
+    Hu et al., "Network Trimming", arXiv 1607.03250: during ``training_steps`` steps of
+    training, count per channel how often ``activation(output)`` is zero; the channels
+    that are zero most often go first.
+    """
+
+    def _reduce(self, per: torch.Tensor) -> torch.Tensor:
+        return torch.stack([(per == 0).sum(1).to(per.dtype), torch.full_like(per[:, 0], per.shape[1])])
+
+    def _finish(self) -> None:
+        for key, (zeros, count) in list(self.stats.items()):
+            self.stats[key] = (1 - zeros / count).float()  # a higher score keeps the channel
+
+
+@PRUNERS.register("meanrank")
+class ActivationMeanRankPruner(_ActivationPruner):
+    """Prune the output channels with the smallest mean activation.
+
+    Molchanov et al. (ICLR 2017) rank by mean activation; statistics are gathered over
+    ``training_steps`` steps of training as for ActivationAPoZRankPruner.
+    """
+
+    def _reduce(self, per: torch.Tensor) -> torch.Tensor:
+        return torch.stack([per.sum(1), torch.full_like(per[:, 0], per.shape[1])])
+
+    def _finish(self) -> None:
+        for key, (total, count) in list(self.stats.items()):
+            self.stats[key] = (total / count).float()
+
+
+@PRUNERS.register("taylorfo")
+class TaylorFOWeightPruner(DataPruner):
+    """Prune by the first-order Taylor estimate of each channel's contribution to the loss.
+
+    Molchanov et al., "Importance Estimation for Neural Network Pruning", CVPR 2019:
+    over ``training_steps`` steps, accumulate ``(w * dL/dw) ** 2`` per weight (read just
+    before each optimizer step); a unit's score is the sum over its weights.
+    """
+
+    def _install(self, evaluator: Evaluator) -> None:
+        params = {}
+        for t in self.targets:
+            params[(t.module_name, t.name)] = original_parameter(get_module(self.net, t.module_name), t.name)
+
+        def accumulate() -> None:
+            with torch.no_grad():
+                for key, p in params.items():
+                    if p.grad is None:
+                        continue
+                    value = (p.detach() * p.grad.detach()).double().square()
+                    self.stats[key] = self.stats[key] + value if key in self.stats else value
+
+        evaluator.before_optimizer_step(accumulate)
+
+    def score(self, target: Target, units: torch.Tensor) -> torch.Tensor:
+        acc = self.stats[(target.module_name, target.name)]
+        return to_units(acc, target.blocks).sum(1).float().to(units.device)
+
+
+@PRUNERS.register("slim")
+class SlimPruner(DataPruner):
+    """Network Slimming: sparsify BatchNorm scale factors by training, prune the smallest.
+
+    Liu et al., arXiv 1708.06519. For ``training_steps`` steps the loss gets
+    ``regular_scale * mean over targets of sum |gamma|`` (NNI 3.0's normalisation), then
+    the channels with the smallest ``|gamma|`` are pruned, ranked globally across the
+    selected norm layers (as in the paper) unless a config gives its own
+    ``global_group_id``. With ``dummy_input`` the masks cover the producing convolution
+    and the consumers too; without it they cover the norm layers' weight and bias, and
+    :class:`~secateurs.ModelSpeedup` removes the producing convolution's channels
+    (a channel whose scale and shift are both zero outputs zero).
+
+    Args:
+        regular_scale: weight of the L1 penalty (NNI 3.0's name and default).
+    """
+
+    default_op_types = ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d")
+
+    def __init__(self, model: nn.Module, config_list: list[dict[str, Any]], evaluator: Evaluator,
+                 training_steps: int, regular_scale: float = 1.0, *, dummy_input: Any = None) -> None:
+        if isinstance(regular_scale, bool) or not isinstance(regular_scale, (int, float)) or not regular_scale >= 0:
+            raise ValueError(f"SlimPruner: 'regular_scale' must be a number >= 0; got {regular_scale!r}.")
+        super().__init__(model, config_list, evaluator, training_steps, dummy_input=dummy_input)
+        self.regular_scale = float(regular_scale)
+        for t in self.targets:
+            module = get_module(self.net, t.module_name)
+            if t.name == "weight" and not isinstance(module, _NORMS):
+                raise ValueError(
+                    f"config_list[{t.setting.config_index}]: SlimPruner prunes by BatchNorm scale factors (the "
+                    f"paper's setting); {t.module_name!r} is a {t.setting.module_type}. Select the norm layers "
+                    "that follow your convolutions (op_types ['BatchNorm2d'])."
+                )
+        self._require_channels()
+
+    def _adjust_settings(self, settings: dict[str, ModuleSetting]) -> dict[str, ModuleSetting]:
+        return {
+            name: s if s.global_group_id is not None or s.sparse_threshold is not None
+            else dataclasses.replace(s, global_group_id="__slim__")
+            for name, s in settings.items()
+        }
+
+    def _install(self, evaluator: Evaluator) -> None:
+        gammas = [original_parameter(get_module(self.net, t.module_name), "weight")
+                  for t in self.targets if t.name == "weight"]
+        scale = self.regular_scale / max(len(gammas), 1)
+        evaluator.patch_loss(lambda loss: loss + scale * sum(g.abs().sum() for g in gammas))
+
+        def record() -> None:
+            for t in self.targets:
+                if t.name == "weight":
+                    gamma = getattr(get_module(self.net, t.module_name), "weight").detach()
+                    self.stats[(t.module_name, t.name)] = gamma.abs().double().clone()
+
+        evaluator.after_optimizer_step(record)
+
+    def _finish(self) -> None:
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        for key in self.stats:
+            self.stats[key] = (self.stats[key] / world).float()

@@ -1,0 +1,192 @@
+"""Known answers for the data-driven pruners, and the evaluator's patches being undone."""
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from secateurs import (
+    ActivationAPoZRankPruner,
+    ActivationMeanRankPruner,
+    ModelSpeedup,
+    SlimPruner,
+    TaylorFOWeightPruner,
+    TorchEvaluator,
+)
+
+
+def _data(n=5, features=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(8, features, generator=g), torch.randint(0, 2, (8,), generator=g)) for _ in range(n)]
+
+
+def _evaluator(model, data, lr=0.0, seen=None):
+    def loop(model, optimizers, training_step, lr_schedulers, max_steps, max_epochs):
+        for batch in data * 100:
+            optimizers.zero_grad()
+            loss = training_step(batch, model)
+            if seen is not None:
+                seen.append(loss.item())
+            loss.backward()
+            optimizers.step()
+
+    def step(batch, model):
+        return F.cross_entropy(model(batch[0]), batch[1])
+
+    return TorchEvaluator(loop, torch.optim.SGD(model.parameters(), lr=lr), step)
+
+
+def _mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+
+
+def test_apoz_prunes_the_channel_that_is_always_zero_first():
+    model = _mlp()
+    with torch.no_grad():
+        model[0].weight[2] = 0.0
+        model[0].bias[2] = -1.0  # relu(output) of channel 2 is always 0
+        model[0].bias[[0, 1, 3]] = 5.0  # the others are never 0
+    config = [{"op_names": ["0"], "sparse_ratio": 0.25}]
+    _, masks = ActivationAPoZRankPruner(model, config, _evaluator(model, _data()), training_steps=3).compress()
+    assert masks["0"]["bias"].tolist() == [True, True, False, True]
+
+
+def test_meanrank_prunes_the_channel_with_the_smallest_mean_activation():
+    model = _mlp()
+    with torch.no_grad():
+        model[0].weight.zero_()
+        model[0].bias.copy_(torch.tensor([3.0, 0.5, 2.0, 1.0]))  # constant activations
+    config = [{"op_names": ["0"], "sparse_ratio": 0.5}]
+    pruner = ActivationMeanRankPruner(model, config, _evaluator(model, _data()), training_steps=2)
+    _, masks = pruner.compress()
+    assert masks["0"]["bias"].tolist() == [True, False, True, False]
+    assert torch.allclose(pruner.stats[("0", "weight")], torch.tensor([3.0, 0.5, 2.0, 1.0]))
+
+
+def test_taylor_scores_are_the_accumulated_squared_weight_times_gradient():
+    model = _mlp()
+    data = _data()
+    config = [{"op_names": ["0"], "sparse_ratio": 0.5}]
+    pruner = TaylorFOWeightPruner(model, config, _evaluator(model, data), training_steps=3)
+    # Independently: lr = 0 keeps the weights, so each step's gradient is that of its batch.
+    expected = torch.zeros(4, 4, dtype=torch.float64)
+    for x, y in data[:3]:
+        model.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        expected += (model[0].weight.detach() * model[0].weight.grad).double().square()
+    _, masks = pruner.compress()
+    assert torch.allclose(pruner.stats[("0", "weight")], expected)
+    channel = expected.sum(1)
+    keep = torch.zeros(4, dtype=torch.bool)
+    keep[channel.argsort()[2:]] = True
+    assert torch.equal(masks["0"]["bias"], keep)
+
+
+class ConvBn(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.head(F.relu(self.bn(self.conv(x))).mean((2, 3)))
+
+
+def _image_data():
+    g = torch.Generator().manual_seed(0)
+    return [(torch.randn(4, 3, 6, 6, generator=g), torch.randint(0, 2, (4,), generator=g)) for _ in range(3)]
+
+
+def test_slim_prunes_the_smallest_scale_factors_after_training():
+    model = ConvBn()
+    with torch.no_grad():
+        model.bn.weight.copy_(torch.tensor([1.0, 0.01, 0.5, 0.02]))
+    config = [{"op_types": ["BatchNorm2d"], "sparse_ratio": 0.5}]
+    pruner = SlimPruner(model, config, _evaluator(model, _image_data(), lr=1e-3), training_steps=3)
+    _, masks = pruner.compress()
+    assert masks["bn"]["weight"].tolist() == [True, False, True, False]
+    assert masks["bn"]["bias"].tolist() == [True, False, True, False]
+
+
+def test_slim_penalty_is_added_to_the_loss_and_shrinks_gammas():
+    model, seen = ConvBn(), []
+    data = _image_data()
+    gammas = model.bn.weight.detach().abs().sum().item()
+    raw = F.cross_entropy(model(data[0][0]), data[0][1]).item()  # the first training batch
+    config = [{"op_types": ["BatchNorm2d"], "sparse_ratio": 0.25}]
+    evaluator = _evaluator(model, data, lr=0.05, seen=seen)
+    SlimPruner(model, config, evaluator, training_steps=5, regular_scale=0.5).compress()
+    assert seen[0] == pytest.approx(raw + 0.5 * gammas, rel=1e-5)  # one target: the mean is its sum
+    assert model.bn.weight.detach().abs().sum().item() < gammas
+
+
+def test_slim_masks_on_batchnorm_alone_remove_the_conv_channels_in_speedup():
+    """NNI's Slim masks removed nothing after speedup; ours remove the producing conv's channels."""
+    model = ConvBn()
+    x = torch.randn(2, 3, 6, 6)
+    config = [{"op_types": ["BatchNorm2d"], "sparse_ratio": 0.5}]
+    SlimPruner(model, config, _evaluator(model, _image_data(), lr=1e-3), training_steps=2).compress()
+    model.eval()
+    expected = model(x)
+    ModelSpeedup(model, x).speedup_model()
+    assert model.conv.out_channels == 2 and model.bn.num_features == 2 and model.head.in_features == 2
+    assert torch.allclose(model(x), expected, atol=1e-5)
+
+
+def test_slim_refuses_layers_without_scale_factors():
+    model = ConvBn()
+    with pytest.raises(ValueError, match="BatchNorm"):
+        SlimPruner(model, [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}], _evaluator(model, _image_data()), 2)
+
+
+def test_data_pruners_with_dummy_input_give_speedup_ready_masks():
+    model = ConvBn()
+    x = torch.randn(2, 3, 6, 6)
+    config = [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}]
+    ev = _evaluator(model, _image_data(), lr=1e-3)
+    _, masks = TaylorFOWeightPruner(model, config, ev, training_steps=2, dummy_input=x).compress()
+    assert set(masks) == {"conv", "bn", "head"}  # the whole channel group
+    model.eval()
+    expected = model(x)
+    ModelSpeedup(model, x).speedup_model()
+    assert model.conv.out_channels == 2 and torch.allclose(model(x), expected, atol=1e-5)
+
+
+def test_evaluator_patches_are_undone_after_compress_and_after_an_error():
+    model = _mlp()
+    data = _data()
+    evaluator = _evaluator(model, data)
+    optimizer = evaluator.optimizers
+    ActivationAPoZRankPruner(model, [{"op_names": ["0"], "sparse_ratio": 0.5}], evaluator, 2).compress()
+    assert not model[0]._forward_hooks
+    assert not optimizer._optimizer_step_pre_hooks and not optimizer._optimizer_step_post_hooks
+    assert evaluator.model is None and not evaluator._loss_patches
+
+    def broken(model, optimizers, training_step, lr_schedulers, max_steps, max_epochs):
+        optimizers.zero_grad()
+        training_step(data[0], model).backward()
+        optimizers.step()
+        raise RuntimeError("the user's loop failed")
+
+    evaluator.training_func = broken
+    with pytest.raises(RuntimeError, match="user's loop failed"):
+        SlimPruner(nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)),
+                   [{"op_types": ["BatchNorm1d"], "sparse_ratio": 0.5}], evaluator, 5).compress()
+    assert not optimizer._optimizer_step_pre_hooks and not evaluator._loss_patches and evaluator.model is None
+
+
+def test_training_stops_after_training_steps_even_if_the_loop_would_go_on():
+    model, seen = _mlp(), []
+    evaluator = _evaluator(model, _data(), seen=seen)
+    TaylorFOWeightPruner(model, [{"op_names": ["0"], "sparse_ratio": 0.5}], evaluator, training_steps=4).compress()
+    assert len(seen) == 4
+
+
+@pytest.mark.parametrize("bad", [{"training_steps": 0}, {"activation": "tanh"}, {"evaluator": object()}])
+def test_bad_arguments_are_named(bad):
+    model = _mlp()
+    args = {"evaluator": _evaluator(model, _data()), "training_steps": 2, "activation": "relu", **bad}
+    key = next(iter(bad))
+    with pytest.raises((TypeError, ValueError), match=key):
+        ActivationAPoZRankPruner(model, [{"op_names": ["0"], "sparse_ratio": 0.5}], **args)

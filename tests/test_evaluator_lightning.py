@@ -1,0 +1,185 @@
+"""LightningEvaluator drives a real Lightning ``Trainer`` and leaves it as it found it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+L = pytest.importorskip("lightning")
+
+from secateurs.evaluators import LightningEvaluator  # noqa: E402
+
+# Lightning 2.6 still builds pytree LeafSpecs, which current torch deprecates; not ours to fix.
+pytestmark = pytest.mark.filterwarnings(r"ignore:`isinstance\(treespec, LeafSpec\)` is deprecated:FutureWarning")
+
+
+class TinyClassifier(L.LightningModule):
+    def __init__(self, dict_output: bool = False) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        self.dict_output = dict_output
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> object:
+        loss = F.cross_entropy(self.net(batch[0]), batch[1])
+        return {"loss": loss} if self.dict_output else loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        logits = self.net(batch[0])
+        self.log("val_acc", (logits.argmax(1) == batch[1]).float().mean())
+        self.log("val_loss", F.cross_entropy(logits, batch[1]))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+class RandomData(L.LightningDataModule):
+    """64 random points; the label is the sign of the first coordinate."""
+
+    def setup(self, stage: str | None = None) -> None:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(64, 4, generator=g)
+        self.dataset = torch.utils.data.TensorDataset(x, (x[:, 0] > 0).long())
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(self.dataset, batch_size=8)
+
+    def val_dataloader(self) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(self.dataset, batch_size=32)
+
+
+def _trainer(**kwargs: object) -> L.Trainer:
+    return L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        **kwargs,
+    )
+
+
+def _snapshot(trainer: L.Trainer, model: L.LightningModule) -> dict:
+    loop = trainer.fit_loop
+    return {
+        "callbacks": trainer.callbacks,
+        "callback_items": list(trainer.callbacks),
+        "limits": (loop.max_epochs, loop.min_epochs, loop.epoch_loop.max_steps, loop.epoch_loop.min_steps),
+        "training_step_patched": "training_step" in model.__dict__,
+    }
+
+
+@pytest.mark.parametrize("dict_output", [False, True])
+def test_train_applies_patches_for_exact_steps_then_restores(dict_output: bool) -> None:
+    trainer, data, model = _trainer(max_epochs=1, min_epochs=1), RandomData(), TinyClassifier(dict_output)
+    before = _snapshot(trainer, model)
+    ev = LightningEvaluator(trainer, data, metric="val_acc")
+    seen: list[float] = []
+    grad_is_weight: list[bool] = []
+    after: list[int] = []
+    weight = model.net[2].weight
+
+    def record(loss: torch.Tensor) -> torch.Tensor:
+        seen.append(float(loss.detach()))
+        return loss
+
+    with ev.session(model):
+        ev.patch_loss(record)
+        # Training minimises patch(loss): with this patch the last layer's gradient is its weight.
+        ev.patch_loss(lambda loss: 0.0 * loss + 0.5 * (weight**2).sum())
+        ev.before_optimizer_step(lambda: grad_is_weight.append(torch.allclose(weight.grad, weight.detach())))
+        ev.after_optimizer_step(lambda: after.append(trainer.global_step))
+        ev.train(max_steps=3)
+        accuracy = ev.evaluate()
+
+    assert len(grad_is_weight) == 3 and all(grad_is_weight)
+    assert after == [0, 1, 2]
+    assert len(seen) == 3 and all(loss > 0 for loss in seen)
+    assert trainer.global_step == 3
+    assert isinstance(accuracy, float) and 0.0 <= accuracy <= 1.0
+    assert _snapshot(trainer, model) == before
+    assert trainer.callbacks is before["callbacks"]
+
+    trainer.fit(model, datamodule=data)  # the user's own run: no pruner code left in it
+    assert (len(seen), len(grad_is_weight), len(after)) == (3, 3, 3)
+
+
+def test_train_by_epochs_counts_from_the_trainers_progress() -> None:
+    trainer, data, model = _trainer(max_epochs=1), RandomData(), TinyClassifier()
+    ev = LightningEvaluator(trainer, data)
+    steps: list[int] = []
+    with ev.session(model):
+        ev.after_optimizer_step(lambda: steps.append(1))
+        ev.train(max_steps=2)
+        ev.train(max_epochs=1)
+        ev.train(max_epochs=1)
+    assert len(steps) == 2 + 8 + 8  # 64 samples, batches of 8
+    assert trainer.fit_loop.max_epochs == 1
+
+
+def test_exception_during_training_restores_everything() -> None:
+    trainer, data, model = _trainer(max_epochs=1), RandomData(), TinyClassifier()
+    before = _snapshot(trainer, model)
+    ev = LightningEvaluator(trainer, data)
+    calls: list[int] = []
+
+    def fail_on_second_step() -> None:
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("task failed")
+
+    with pytest.raises(RuntimeError, match="task failed"), ev.session(model):
+        ev.patch_loss(lambda loss: loss + 0.0)
+        ev.after_optimizer_step(fail_on_second_step)
+        ev.train(max_steps=5)
+
+    assert _snapshot(trainer, model) == before
+    assert ev.model is None and not ev._loss_patches and not ev._after_step
+    optimizer_hooks: list[int] = []
+    model.configure_optimizers = lambda: _counting_sgd(model, optimizer_hooks)
+    trainer.fit(model, datamodule=data)  # the trainer still fits after the interrupted run
+    assert len(calls) == 2 and len(optimizer_hooks) == 8
+
+
+def _counting_sgd(model: L.LightningModule, steps: list[int]) -> torch.optim.Optimizer:
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    optimizer.register_step_post_hook(lambda *_: steps.append(1))
+    return optimizer
+
+
+def test_evaluate_picks_the_first_or_named_metric() -> None:
+    trainer, data, model = _trainer(max_epochs=1), RandomData(), TinyClassifier()
+    first = LightningEvaluator(trainer, data)
+    loss = LightningEvaluator(trainer, data, metric="val_loss", higher_is_better=False)
+    typo = LightningEvaluator(trainer, data, metric="val_accuracy")
+    with first.session(model):
+        accuracy = first.evaluate()
+    with loss.session(model):
+        negated_loss = loss.evaluate()
+    assert 0.0 <= accuracy <= 1.0 and negated_loss < 0.0
+    with typo.session(model), pytest.raises(KeyError, match="val_acc"):
+        typo.evaluate()
+
+
+def test_evaluate_without_logged_metrics_raises() -> None:
+    class Silent(TinyClassifier):
+        def validation_step(self, batch: object, batch_idx: int) -> None:
+            return None
+
+    ev = LightningEvaluator(_trainer(max_epochs=1), RandomData())
+    with ev.session(Silent()), pytest.raises(RuntimeError, match="logged no metric"):
+        ev.evaluate()
+
+
+def test_bad_arguments_are_rejected() -> None:
+    trainer, data = _trainer(), RandomData()
+    with pytest.raises(TypeError, match="'trainer'"):
+        LightningEvaluator(object(), data)
+    with pytest.raises(TypeError, match="'data_module'"):
+        LightningEvaluator(trainer, object())
+    ev = LightningEvaluator(trainer, data)
+    with ev.session(nn.Linear(2, 2)), pytest.raises(TypeError, match="LightningModule"):
+        ev.train(max_steps=1)
