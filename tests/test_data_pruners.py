@@ -134,10 +134,23 @@ def test_slim_masks_on_batchnorm_alone_remove_the_conv_channels_in_speedup():
     assert torch.allclose(model(x), expected, atol=1e-5)
 
 
-def test_slim_refuses_layers_without_scale_factors():
+def test_slim_on_layers_without_scale_factors_trains_one_per_channel_and_discards_it():
     model = ConvBn()
-    with pytest.raises(ValueError, match="BatchNorm"):
-        SlimPruner(model, [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}], _evaluator(model, _image_data()), 2)
+    x = torch.randn(2, 3, 6, 6)
+    model.eval()
+    before = model(x)
+    model.train()
+    config = [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}]
+    # regular_scale 0: the factors move by the task's gradient alone, so they differ
+    pruner = SlimPruner(model, config, _evaluator(model, _image_data()), training_steps=5, regular_scale=0.0)
+    _, masks = pruner.compress()
+    factors = pruner.stats[("conv", "weight")]
+    assert factors.shape == (4,) and not torch.allclose(factors, torch.ones(4))  # they were trained
+    assert not model.conv._forward_hooks  # and are gone: lr 0 kept the weights, so only masks differ
+    keep = masks["conv"]["bias"]
+    assert int(keep.sum()) == 2 and torch.equal(keep, factors >= factors.sort().values[2])
+    model.eval()
+    assert not torch.allclose(model(x), before)  # the masks take effect
 
 
 def test_data_pruners_with_dummy_input_give_speedup_ready_masks():

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 L = pytest.importorskip("lightning")
 
-from secateurs.evaluators import LightningEvaluator  # noqa: E402
+from secateurs.evaluators import LightningEvaluator
 
 # Lightning 2.6 still builds pytree LeafSpecs, which current torch deprecates; not ours to fix.
 pytestmark = pytest.mark.filterwarnings(r"ignore:`isinstance\(treespec, LeafSpec\)` is deprecated:FutureWarning")

@@ -12,7 +12,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
-from secateurs.evaluators import TransformersEvaluator  # noqa: E402
+from secateurs.evaluators import TransformersEvaluator
+
 
 class _Pairs(torch.utils.data.Dataset):
     """Random token sequences; the label is whether token 0 is in the upper half of the vocabulary."""

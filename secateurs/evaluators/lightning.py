@@ -68,6 +68,23 @@ def _callback_added(trainer: Any, callback: Any) -> Iterator[None]:
         trainer.callbacks = callbacks
 
 
+@contextmanager
+def _device_kept(model: torch.nn.Module) -> Iterator[None]:
+    """Put ``model`` back on its device after the block.
+
+    Lightning's teardown at the end of every ``fit`` and ``validate`` moves the module
+    to the CPU; a pruner's masks and statistics live where the model was.
+    """
+    devices = {t.device for t in [*model.parameters(), *model.buffers()]}
+    try:
+        yield
+    finally:
+        if len(devices) == 1:
+            (device,) = devices
+            if any(t.device != device for t in [*model.parameters(), *model.buffers()]):
+                model.to(device)
+
+
 def _step_hooks(framework: ModuleType, evaluator: Evaluator) -> Any:
     """A callback that runs ``evaluator``'s step tasks around steps of the first optimizer.
 
@@ -136,6 +153,9 @@ class LightningEvaluator(Evaluator):
       ``trainer.fit_loop.epoch_loop.max_steps`` and ``...epoch_loop.min_steps``: set so
       that ``fit`` runs the requested number of steps or epochs counted from the
       trainer's current progress, with no minimum that would outlast them.
+    * the model's device: Lightning moves the module to the CPU when ``fit`` and
+      ``validate`` end; :meth:`train` and :meth:`evaluate` move it back to the one
+      device it was on.
 
     Args:
         trainer: a ``lightning.Trainer`` (or ``pytorch_lightning.Trainer``).
@@ -228,6 +248,7 @@ class LightningEvaluator(Evaluator):
                 _setattrs(loop.epoch_loop, {"max_steps": steps_limit, "min_steps": None}),
                 _setattrs(model, {"training_step": training_step}),
                 _callback_added(trainer, callback),
+                _device_kept(model),
             ):
                 trainer.fit(model, datamodule=self.data_module)
         finally:
@@ -245,7 +266,8 @@ class LightningEvaluator(Evaluator):
             KeyError: the named metric was not logged.
         """
         model = self._check_model("evaluate")
-        results = self.trainer.validate(model, datamodule=self.data_module, verbose=False)
+        with _device_kept(model):
+            results = self.trainer.validate(model, datamodule=self.data_module, verbose=False)
         metrics: dict[str, float] = {}
         for per_loader in results:
             for name, value in per_loader.items():
@@ -259,5 +281,7 @@ class LightningEvaluator(Evaluator):
         if name not in metrics:
             close = difflib.get_close_matches(name, list(metrics), n=3)
             hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-            raise KeyError(f"LightningEvaluator.evaluate: metric {name!r} was not logged; logged: {sorted(metrics)}.{hint}")
+            raise KeyError(
+                f"LightningEvaluator.evaluate: metric {name!r} was not logged; logged: {sorted(metrics)}.{hint}"
+            )
         return metrics[name] if self.higher_is_better else -metrics[name]

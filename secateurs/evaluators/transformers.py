@@ -192,7 +192,9 @@ class TransformersEvaluator(Evaluator):
             KeyError: the named metric is not among the evaluation results.
         """
         if self.model is None:
-            raise RuntimeError("TransformersEvaluator.evaluate: no model is bound; use `with evaluator.session(model):`.")
+            raise RuntimeError(
+                "TransformersEvaluator.evaluate: no model is bound; use `with evaluator.session(model):`."
+            )
         with self._model_swapped_in():
             results = self.trainer.evaluate()
         if self.metric is None:

@@ -207,16 +207,21 @@ class TaylorFOWeightPruner(DataPruner):
 
 @PRUNERS.register("slim")
 class SlimPruner(DataPruner):
-    """Network Slimming: sparsify BatchNorm scale factors by training, prune the smallest.
+    """Network Slimming: sparsify channel scale factors by training, prune the smallest.
 
-    Liu et al., arXiv 1708.06519. For ``training_steps`` steps the loss gets
-    ``regular_scale * mean over targets of sum |gamma|`` (NNI 3.0's normalisation), then
-    the channels with the smallest ``|gamma|`` are pruned, ranked globally across the
-    selected norm layers (as in the paper) unless a config gives its own
-    ``global_group_id``. With ``dummy_input`` the masks cover the producing convolution
-    and the consumers too; without it they cover the norm layers' weight and bias, and
-    :class:`~secateurs.ModelSpeedup` removes the producing convolution's channels
-    (a channel whose scale and shift are both zero outputs zero).
+    Liu et al., arXiv 1708.06519. The scale factor of a norm layer's channel is its
+    ``gamma`` (the paper's setting, trained by the user's optimizer); any other target
+    (a Conv or Linear) gets a learnable factor per output channel, initialised to 1,
+    that multiplies its output during the ``training_steps`` steps and is trained by its
+    own Adam (lr 1e-2), as NNI 3.0 did; it is discarded afterwards. The loss gets
+    ``regular_scale * mean over targets of sum |factor|`` (NNI 3.0's normalisation).
+    Then the channels with the smallest ``|factor|`` are pruned, ranked globally across
+    the targets (as in the paper) unless a config gives its own ``global_group_id``.
+
+    With ``dummy_input`` the masks cover the whole channel group. Without it, masks on a
+    norm layer cover its weight and bias, and :class:`~secateurs.ModelSpeedup` still
+    removes the producing convolution's channels (a channel whose scale and shift are
+    both zero outputs zero), which NNI's speedup did not.
 
     Args:
         regular_scale: weight of the L1 penalty (NNI 3.0's name and default).
@@ -230,14 +235,6 @@ class SlimPruner(DataPruner):
             raise ValueError(f"SlimPruner: 'regular_scale' must be a number >= 0; got {regular_scale!r}.")
         super().__init__(model, config_list, evaluator, training_steps, dummy_input=dummy_input)
         self.regular_scale = float(regular_scale)
-        for t in self.targets:
-            module = get_module(self.net, t.module_name)
-            if t.name == "weight" and not isinstance(module, _NORMS):
-                raise ValueError(
-                    f"config_list[{t.setting.config_index}]: SlimPruner prunes by BatchNorm scale factors (the "
-                    f"paper's setting); {t.module_name!r} is a {t.setting.module_type}. Select the norm layers "
-                    "that follow your convolutions (op_types ['BatchNorm2d'])."
-                )
         self._require_channels()
 
     def _adjust_settings(self, settings: dict[str, ModuleSetting]) -> dict[str, ModuleSetting]:
@@ -248,16 +245,35 @@ class SlimPruner(DataPruner):
         }
 
     def _install(self, evaluator: Evaluator) -> None:
-        gammas = [original_parameter(get_module(self.net, t.module_name), "weight")
-                  for t in self.targets if t.name == "weight"]
-        scale = self.regular_scale / max(len(gammas), 1)
-        evaluator.patch_loss(lambda loss: loss + scale * sum(g.abs().sum() for g in gammas))
+        factors: dict[tuple[str, str], torch.Tensor] = {}
+        extra: list[nn.Parameter] = []
+        for t in self.targets:
+            if t.name != "weight":
+                continue
+            module = get_module(self.net, t.module_name)
+            if isinstance(module, _NORMS):
+                factors[(t.module_name, t.name)] = original_parameter(module, "weight")
+                continue
+            weight = original_parameter(module, "weight")
+            alpha = nn.Parameter(torch.ones(t.shape[t.out_dim], device=weight.device, dtype=weight.dtype))
+            extra.append(alpha)
+            factors[(t.module_name, t.name)] = alpha
+
+            def scale(module, args, output, alpha=alpha):
+                dim = _channel_dim(module, output)
+                return output * alpha.reshape([-1 if d == dim else 1 for d in range(output.dim())])
+
+            evaluator.hook_forward(module, scale)
+        weight = self.regular_scale / max(len(factors), 1)
+        evaluator.patch_loss(lambda loss: loss + weight * sum(f.abs().sum() for f in factors.values()))
+        if extra:
+            own = torch.optim.Adam(extra, lr=1e-2)
+            evaluator.before_optimizer_step(own.step)
+            evaluator.after_optimizer_step(own.zero_grad)
 
         def record() -> None:
-            for t in self.targets:
-                if t.name == "weight":
-                    gamma = getattr(get_module(self.net, t.module_name), "weight").detach()
-                    self.stats[(t.module_name, t.name)] = gamma.abs().double().clone()
+            for key, factor in factors.items():
+                self.stats[key] = factor.detach().abs().double().clone()
 
         evaluator.after_optimizer_step(record)
 
