@@ -14,7 +14,7 @@ from .torch import TorchEvaluator
 
 _OPTIONAL = {
     "LightningEvaluator": (".lightning", "lightning"),
-    "TransformersEvaluator": (".transformers", "transformers"),
+    "TransformersEvaluator": (".transformers", "'transformers[torch]'"),
 }
 
 __all__ = ["Evaluator", "LightningEvaluator", "StopTraining", "TorchEvaluator", "TransformersEvaluator"]
@@ -23,9 +23,9 @@ __all__ = ["Evaluator", "LightningEvaluator", "StopTraining", "TorchEvaluator", 
 def __getattr__(name: str) -> Any:
     if name not in _OPTIONAL:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    module_name, package = _OPTIONAL[name]
+    module_name, requirement = _OPTIONAL[name]
     try:
         module = importlib.import_module(module_name, __name__)
     except ImportError as err:
-        raise ImportError(f"secateurs.evaluators.{name} needs {package!r}: pip install {package}") from err
+        raise ImportError(f"secateurs.evaluators.{name} needs an optional package: pip install {requirement}") from err
     return getattr(module, name)

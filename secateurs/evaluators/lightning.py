@@ -139,8 +139,8 @@ class LightningEvaluator(Evaluator):
     its limits are changed for the call. Its progress counters (``global_step``,
     ``current_epoch``) advance as with any ``fit``, and the optimizers and schedulers
     are those the module's ``configure_optimizers`` returns for each ``fit``. During
-    :meth:`train` (only there) the evaluator patches, and restores in a ``finally``
-    also when training raises:
+    :meth:`train` (and, for the device, :meth:`evaluate`) the evaluator patches, and
+    restores in a ``finally`` also when training raises:
 
     * ``model.training_step``: wrapped so that the pruners' loss patches apply to what
       it returns (a tensor, or the ``"loss"`` of a dict). Loss patches need automatic
