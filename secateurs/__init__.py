@@ -21,14 +21,25 @@ from .speedup import ModelSpeedup, SpeedupReport, load_pruned_model, save_pruned
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # Lightning and Transformers stay optional: their evaluators import on first use.
+    if name in ("LightningEvaluator", "TransformersEvaluator"):
+        from . import evaluators
+
+        return getattr(evaluators, name)
+    raise AttributeError(f"module 'secateurs' has no attribute {name!r}")
+
 __all__ = [
     "PRUNERS",
     "ActivationAPoZRankPruner",
     "ActivationMeanRankPruner",
     "Evaluator",
+    "LightningEvaluator",
     "SlimPruner",
     "TaylorFOWeightPruner",
     "TorchEvaluator",
+    "TransformersEvaluator",
     "FPGMPruner",
     "L1NormPruner",
     "L2NormPruner",

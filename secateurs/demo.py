@@ -11,7 +11,9 @@ import torch.nn.functional as F
 
 from .datasets import load_mnist_5k
 from .masks import get_masks, save_masks
+from .analysis import count_flops_params
 from .pruners import L1NormPruner, LevelPruner
+from .speedup import ModelSpeedup
 
 
 class DigitCNN(nn.Module):
@@ -50,10 +52,11 @@ def _accuracy(model, images, labels) -> float:
 
 
 def run_demo(epochs: int = 2, finetune_epochs: int = 1, out_dir: str = "out", seed: int = 0, log=print) -> dict:
-    """Train, prune (L1NormPruner on convs, LevelPruner on fc1), fine-tune and report.
+    """Train, prune (L1NormPruner on convs, LevelPruner on fc1), fine-tune, shrink, report.
 
     Returns:
-        accuracies ("dense", "pruned", "finetuned") and both pruners' sparsity reports ("reports").
+        accuracies ("dense", "pruned", "finetuned", "shrunk") and both pruners' sparsity
+        reports ("reports").
     """
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -69,7 +72,11 @@ def run_demo(epochs: int = 2, finetune_epochs: int = 1, out_dir: str = "out", se
     dense = _accuracy(model, images[test], labels[test])
     log(f"dense model: {sum(p.numel() for p in model.parameters()):,} parameters, test accuracy {dense:.2%}")
 
-    conv_pruner = L1NormPruner(model, [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}])
+    example = images[:1]
+    flops_dense, params_dense, _ = count_flops_params(model, example)
+    # dummy_input makes the channel masks cover each channel's whole group (conv, its
+    # BatchNorm, the next layer's inputs), so the masked model is the pruned model.
+    conv_pruner = L1NormPruner(model, [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}], dummy_input=example)
     conv_pruner.compress()
     fc_pruner = LevelPruner(model, [{"op_names": ["fc1"], "sparse_ratio": 0.8}])
     fc_pruner.compress()
@@ -86,5 +93,18 @@ def run_demo(epochs: int = 2, finetune_epochs: int = 1, out_dir: str = "out", se
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "demo_masks.safetensors")
     save_masks(get_masks(model), path)
-    log(f"\nmasks saved to {path} (safetensors); total time {time.perf_counter() - t0:.1f} s")
-    return {"dense": dense, "pruned": pruned, "finetuned": finetuned, "reports": (conv_pruner.report(), fc_pruner.report())}
+    log(f"\nmasks saved to {path} (safetensors)")
+
+    speedup = ModelSpeedup(model, example)
+    speedup.speedup_model()
+    shrunk = _accuracy(model, images[test], labels[test])
+    flops, params, _ = count_flops_params(model, example)
+    log(
+        f"after ModelSpeedup: conv1 {model.conv1.out_channels} / conv2 {model.conv2.out_channels} filters, "
+        f"{params_dense:,} -> {params:,} parameters, {flops_dense:,} -> {flops:,} MACs per image; "
+        f"test accuracy {shrunk:.2%} (largest output difference to the masked model "
+        f"{speedup.report.max_rel_diff:.1e}, relative)"
+    )
+    log(f"total time {time.perf_counter() - t0:.1f} s")
+    return {"dense": dense, "pruned": pruned, "finetuned": finetuned, "shrunk": shrunk,
+            "reports": (conv_pruner.report(), fc_pruner.report())}

@@ -183,3 +183,38 @@ def test_bad_arguments_are_rejected() -> None:
     ev = LightningEvaluator(trainer, data)
     with ev.session(nn.Linear(2, 2)), pytest.raises(TypeError, match="LightningModule"):
         ev.train(max_steps=1)
+
+
+def test_the_standalone_pytorch_lightning_package_works_too() -> None:
+    pl = pytest.importorskip("pytorch_lightning")
+
+    class Module(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.net = nn.Linear(4, 2)
+
+        def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+            return F.cross_entropy(self.net(batch[0]), batch[1])
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    class Data(pl.LightningDataModule):
+        def train_dataloader(self) -> torch.utils.data.DataLoader:
+            x = torch.randn(32, 4, generator=torch.Generator().manual_seed(0))
+            return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, (x[:, 0] > 0).long()), batch_size=8)
+
+    trainer = pl.Trainer(
+        accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
+    )
+    ev = LightningEvaluator(trainer, Data())
+    losses: list[torch.Tensor] = []
+    steps: list[int] = []
+    with ev.session(Module()):
+        ev.patch_loss(lambda loss: losses.append(loss) or loss)
+        ev.after_optimizer_step(lambda: steps.append(1))
+        ev.train(max_steps=2)
+    assert (len(losses), len(steps)) == (2, 2)
+    with pytest.raises(TypeError, match="pytorch_lightning.LightningDataModule"):
+        LightningEvaluator(trainer, RandomData())

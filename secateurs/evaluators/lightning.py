@@ -16,9 +16,8 @@ from typing import Any
 
 import torch
 
-from .base import Evaluator, StopTraining
+from .base import Evaluator, StopTraining, _setattrs
 
-_UNSET = object()
 _FRAMEWORKS = ("lightning.pytorch", "pytorch_lightning")
 
 
@@ -29,26 +28,6 @@ def _framework_of(trainer: Any) -> ModuleType | None:
         if module is not None and isinstance(trainer, module.Trainer):
             return module
     return None
-
-
-@contextmanager
-def _setattrs(obj: Any, values: dict[str, Any]) -> Iterator[None]:
-    """Set attributes of ``obj`` for the duration of the block, then put the old ones back.
-
-    An attribute that was an instance attribute gets its old value back; one that was
-    not (a method looked up on the class) is deleted again.
-    """
-    saved = {name: obj.__dict__.get(name, _UNSET) for name in values}
-    try:
-        for name, value in values.items():
-            setattr(obj, name, value)
-        yield
-    finally:
-        for name, old in saved.items():
-            if old is _UNSET:
-                obj.__dict__.pop(name, None)
-            else:
-                setattr(obj, name, old)
 
 
 @contextmanager

@@ -11,9 +11,8 @@ from typing import Any
 import torch
 import transformers
 
-from .base import Evaluator, StopTraining
+from .base import Evaluator, StopTraining, _setattrs
 
-_UNSET = object()
 
 
 class _StepHooks(transformers.TrainerCallback):
@@ -37,26 +36,6 @@ class _StepHooks(transformers.TrainerCallback):
         except StopTraining:
             control.should_training_stop = True
         return control
-
-
-@contextmanager
-def _setattrs(obj: Any, values: dict[str, Any]) -> Iterator[None]:
-    """Set attributes of ``obj`` for the duration of the block, then put the old ones back.
-
-    An attribute that was an instance attribute gets its old value back; one that was
-    not (a method looked up on the class) is deleted again.
-    """
-    saved = {name: obj.__dict__.get(name, _UNSET) for name in values}
-    try:
-        for name, value in values.items():
-            setattr(obj, name, value)
-        yield
-    finally:
-        for name, old in saved.items():
-            if old is _UNSET:
-                obj.__dict__.pop(name, None)
-            else:
-                setattr(obj, name, old)
 
 
 class TransformersEvaluator(Evaluator):
