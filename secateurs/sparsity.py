@@ -72,16 +72,21 @@ def grid_shape(shape: Sequence[int], blocks: Sequence[int]) -> tuple[int, ...]:
     return tuple(math.ceil(s / b) for s, b in zip(shape, blocks))
 
 
-def to_units(tensor: torch.Tensor, blocks: Sequence[int]) -> torch.Tensor:
-    """View ``tensor`` as ``(n_units, block_numel)``; partial blocks are zero padded."""
+def to_units(tensor: torch.Tensor, blocks: Sequence[int], pad: float = float("nan")) -> torch.Tensor:
+    """View ``tensor`` as ``(n_units, block_numel)``.
+
+    Partial blocks at the edges are padded with ``pad``: NaN by default, which the
+    criteria skip (``nansum``/``nanmean``), so a partial block is scored on its own
+    elements only.
+    """
     shape = tuple(tensor.shape)
     grid = grid_shape(shape, blocks)
-    pad = [g * b - s for g, b, s in zip(grid, blocks, shape)]
-    if any(pad):
+    extra = [g * b - s for g, b, s in zip(grid, blocks, shape)]
+    if any(extra):
         spec = []
-        for p in reversed(pad):
+        for p in reversed(extra):
             spec += [0, p]
-        tensor = torch.nn.functional.pad(tensor, spec)
+        tensor = torch.nn.functional.pad(tensor, spec, value=pad)
     interleaved = [d for g, b in zip(grid, blocks) for d in (g, b)]
     ndim = len(shape)
     order = list(range(0, 2 * ndim, 2)) + list(range(1, 2 * ndim, 2))

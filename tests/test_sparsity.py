@@ -162,7 +162,7 @@ def test_units_round_trip_for_any_block_shape():
         keep = torch.arange(units.shape[0]) % 2 == 0
         full = expand_units(keep, t.shape, blocks)
         assert full.shape == t.shape
-        assert torch.equal(to_units(full.float(), blocks).amax(1) == 1, keep)
+        assert torch.equal(to_units(full.float(), blocks, pad=0.0).amax(1) == 1, keep)
 
 
 _SETTING = ModuleSetting("m", "Linear", 0, sparse_ratio=0.5, global_group_id=0)
@@ -224,3 +224,12 @@ def test_allocate_threshold_ignores_groups():
     setting = ModuleSetting("m", "Linear", 0, sparse_threshold=0.6, global_group_id=1)
     (keep,) = allocate([Slot([("m", "w")], scores, setting, 0, 3)])
     assert keep.tolist() == [False, False, True]
+
+
+def test_a_partial_block_is_scored_on_its_own_elements():
+    model = nn.Sequential(nn.Linear(3, 1, bias=False))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[0.7, 0.7, 0.8]]))
+    config = [{"op_types": ["Linear"], "sparse_ratio": 0.5, "granularity": [1, 2]}]
+    mask = LevelPruner(model, config).calculate_masks()["0"]["weight"]
+    assert mask.tolist() == [[False, False, True]]  # the partial block (0.8) outranks the full one (0.7)

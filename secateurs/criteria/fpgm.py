@@ -17,7 +17,7 @@ def fpgm(units: torch.Tensor) -> torch.Tensor:
     >>> [round(v, 4) for v in fpgm(torch.tensor([[0.0, 0.0], [3.0, 4.0], [1.0, 0.0]])).tolist()]
     [6.0, 9.4721, 5.4721]
     """
-    x = units.double()
+    x = units.double().nan_to_num(0.0)  # partial blocks: padding counts as zeros
     gram = x @ x.T
     sq = gram.diagonal().clone()
     return gram.mul_(-2).add_(sq[:, None]).add_(sq[None, :]).clamp_(min=0).sqrt_().sum(dim=1)

@@ -6,29 +6,30 @@ import torch
 
 
 def magnitude(units: torch.Tensor) -> torch.Tensor:
-    """|w| per element; for blocks, the mean |w| of the block.
+    """|w| per element; for blocks, the mean |w| of the block (NaN padding is skipped).
 
     >>> magnitude(torch.tensor([[-3.0], [1.0], [2.0]])).tolist()
     [3.0, 1.0, 2.0]
     """
     if units.shape[1] == 1:
         return units.reshape(-1).abs()
-    return units.abs().mean(dim=1)
+    return torch.nanmean(units.abs(), dim=1)
 
 
 def l1_norm(units: torch.Tensor) -> torch.Tensor:
-    """Sum of |w| over each unit (Li et al., "Pruning Filters for Efficient ConvNets").
+    """Sum of |w| over each unit (Li et al., "Pruning Filters for Efficient ConvNets");
+    NaN padding of partial blocks is skipped.
 
     >>> l1_norm(torch.tensor([[1.0, -2.0], [0.5, 0.5]])).tolist()
     [3.0, 1.0]
     """
-    return units.abs().sum(dim=1)
+    return torch.nansum(units.abs(), dim=1)
 
 
 def l2_norm(units: torch.Tensor) -> torch.Tensor:
-    """Euclidean norm of each unit.
+    """Euclidean norm of each unit (NaN padding of partial blocks is skipped).
 
     >>> l2_norm(torch.tensor([[3.0, -4.0], [1.0, 0.0]])).tolist()
     [5.0, 1.0]
     """
-    return torch.linalg.vector_norm(units, ord=2, dim=1)
+    return torch.nansum(units.square(), dim=1).sqrt()

@@ -202,7 +202,7 @@ class TaylorFOWeightPruner(DataPruner):
 
     def score(self, target: Target, units: torch.Tensor) -> torch.Tensor:
         acc = self.stats[(target.module_name, target.name)]
-        return to_units(acc, target.blocks).sum(1).float().to(units.device)
+        return torch.nansum(to_units(acc, target.blocks), 1).float().to(units.device)
 
 
 @PRUNERS.register("slim")
