@@ -375,3 +375,23 @@ def test_count_flops_params_counts_attention_and_matmul():
     # projections (q, k, v, out) plus both attention products, for 2 x 5 tokens of width 16
     assert attn["flops"] == 4 * 10 * 16 * 16 + 2 * 2 * 5 * 5 * 16
     assert flops == sum(r["flops"] for r in rows)
+
+
+def test_an_output_layer_is_pruned_only_when_named_and_only_shrunk_when_asked():
+    x = torch.randn(3, 1, 6, 6)
+    model = _randomise_bn(FlattenLinear()).eval()
+    _, masks = L1NormPruner(model, [{"op_types": ["Linear"], "sparse_ratio": 0.5}], dummy_input=x).compress()
+    assert bool(masks["fc2"]["weight"].any(1).all()) and "bias" not in masks["fc2"]  # by type only: outputs kept
+    model = _randomise_bn(FlattenLinear()).eval()
+    _, masks = L1NormPruner(model, [{"op_names": ["fc2"], "sparse_ratio": 0.5}], dummy_input=x).compress()
+    assert int((~masks["fc2"]["bias"]).sum()) == 1  # named: its outputs are pruned
+    masked = model(x)
+    speedup = ModelSpeedup(model, x)
+    speedup.speedup_model()
+    assert model.fc2.out_features == 3 and speedup.report.kept  # kept whole unless asked
+    model = _randomise_bn(FlattenLinear()).eval()
+    _, masks = L1NormPruner(model, [{"op_names": ["fc2"], "sparse_ratio": 0.5}], dummy_input=x).compress()
+    masked = model(x)
+    ModelSpeedup(model, x, prune_outputs=True).speedup_model()
+    keep = masks["fc2"]["bias"]
+    assert model.fc2.out_features == 2 and torch.allclose(model(x), masked[:, keep], atol=1e-6)

@@ -334,9 +334,12 @@ class _Tracer:
         handler(self, name, args, kwargs, out)
 
     # -- result ----------------------------------------------------------------------
-    def finish(self, outputs: Any) -> ChannelGraph:
+    def finish(self, outputs: Any, free_outputs: Any = ()) -> ChannelGraph:
+        free = [self.modules[n].out_ids for n in free_outputs if n in self.modules and self.modules[n].out_ids is not None]
         for t in tree_flatten(outputs)[0]:
-            self.fix_ann(self.get(t), "model output")
+            for ids in (self.get(t) or {}).values():
+                if not any(ids is f for f in free):
+                    self.fix(ids, "model output")
         n = self.n
         label = torch.arange(n)
         if self.edges_a:
@@ -828,7 +831,9 @@ def call_with(model: nn.Module, example: Any) -> Any:
     return model(example)
 
 
-def trace_channels(model: nn.Module, example: Any, warn: bool = True, record_inputs: bool = False) -> ChannelGraph:
+def trace_channels(
+    model: nn.Module, example: Any, warn: bool = True, record_inputs: bool = False, free_outputs: Any = ()
+) -> ChannelGraph:
     """Run ``model`` once on ``example`` and build its :class:`ChannelGraph`.
 
     The model's modes are restored afterwards, gradients are not recorded and nothing
@@ -839,6 +844,8 @@ def trace_channels(model: nn.Module, example: Any, warn: bool = True, record_inp
         record_inputs: also keep, for every Conv and Linear, the per-channel minimum,
             maximum and mean of its input (``graph.input_stats``), and the output
             (``graph.output``): what the speedup engine needs to fold constants.
+        free_outputs: names of layers whose output is a model output and may still be
+            pruned (the user named them); every other model output is fixed.
     """
     tracer = _Tracer(model)
     tracer.record_inputs = record_inputs
@@ -866,7 +873,7 @@ def trace_channels(model: nn.Module, example: Any, warn: bool = True, record_inp
             h.remove()
         for m, mode in modes.items():
             m.training = mode
-    graph = tracer.finish(outputs)
+    graph = tracer.finish(outputs, free_outputs)
     if warn and graph.unknown_ops:
         ops = ", ".join(f"{k} (x{v})" for k, v in sorted(graph.unknown_ops.items()))
         warnings.warn(

@@ -73,7 +73,10 @@ class Pruner:
         self.dummy_input = dummy_input
         self.graph: ChannelGraph | None = None
         if dummy_input is not None:
-            self.graph = trace_channels(self.net, dummy_input)
+            # Output layers keep their outputs unless a config names them in op_names.
+            named = {n[len("module."):] if wrapped and n.startswith("module.") else n
+                     for c in config_list if isinstance(c, dict) for n in c.get("op_names", ())}
+            self.graph = trace_channels(self.net, dummy_input, free_outputs=named & set(self.settings))
         self.masks: Masks = {}
 
     def _adjust_settings(self, settings: dict[str, ModuleSetting]) -> dict[str, ModuleSetting]:

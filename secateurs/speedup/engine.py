@@ -254,6 +254,19 @@ def _max_diff(a: Any, b: Any) -> tuple[float, float]:
     return worst_abs, worst_rel
 
 
+def _kept_outputs(reference: Any, out: Any, graph: ChannelGraph, removed: torch.Tensor) -> Any:
+    """The reference outputs restricted to the positions that remain after pruning them."""
+    if not isinstance(reference, torch.Tensor) or not isinstance(out, torch.Tensor) or reference.shape == out.shape:
+        return reference
+    for use in graph.modules.values():
+        if use.out_ids is None or use.out_ids.numel() != reference.shape[-1]:
+            continue
+        keep = ~removed[graph.component[use.out_ids]]
+        if int(keep.sum()) == out.shape[-1]:
+            return reference[..., keep.to(reference.device)]
+    return reference
+
+
 class ModelSpeedup:
     """Shrink a masked model in place so that it computes what the masked model computes.
 
@@ -264,6 +277,9 @@ class ModelSpeedup:
         masks: masks in the secateurs format; None takes the masks attached to ``model``.
         tolerance: largest relative output difference accepted by the verification.
         verify: compare outputs after shrinking (recommended).
+        prune_outputs: also remove masked output channels of layers whose output is a
+            model output (the output shape then changes). By default they are kept, with
+            their weights zero, and listed in ``report.kept``.
 
     Example:
         >>> import torch, torch.nn as nn
@@ -276,7 +292,7 @@ class ModelSpeedup:
     """
 
     def __init__(self, model: nn.Module, dummy_input: Any, masks: Mapping | None = None,
-                 tolerance: float = 1e-4, verify: bool = True) -> None:
+                 tolerance: float = 1e-4, verify: bool = True, prune_outputs: bool = False) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"ModelSpeedup: model must be a torch.nn.Module; got {type(model).__name__}.")
         self.model = model
@@ -284,6 +300,7 @@ class ModelSpeedup:
         self.masks = check_masks(model, get_masks(model) if masks is None else masks)
         self.tolerance = tolerance
         self.verify = verify
+        self.prune_outputs = prune_outputs
         self.report = SpeedupReport()
 
     def speedup_model(self) -> nn.Module:
@@ -302,7 +319,8 @@ class ModelSpeedup:
             with torch.no_grad():
                 for target, mask in targets.items():
                     getattr(module, target).mul_(mask.to(getattr(module, target).dtype))
-        graph = trace_channels(work, self.dummy_input, record_inputs=True)
+        free = list(self.masks) if self.prune_outputs else ()
+        graph = trace_channels(work, self.dummy_input, record_inputs=True, free_outputs=free)
         removed, extended = plan_removal(work, graph, self.masks, report)
         modes = {m: m.training for m in work.modules()}
         work.eval()
@@ -346,6 +364,8 @@ class ModelSpeedup:
             out = call_with(work, self.dummy_input)
         for m, mode in modes.items():
             m.training = mode
+        if self.prune_outputs:  # the output shrank with its layer: compare the kept part
+            reference = _kept_outputs(reference, out, graph, removed)
         report.max_abs_diff, report.max_rel_diff = _max_diff(out, reference)
         report.params_after = sum(p.numel() for p in work.parameters())
         if self.verify and not report.max_rel_diff <= self.tolerance:
