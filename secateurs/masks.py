@@ -17,10 +17,10 @@ from collections.abc import Mapping
 
 import torch
 import torch.nn as nn
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch.nn.utils import parametrize
 
+from ._files import read_tagged
 from .targets import get_module, original_parameter
 
 Masks = dict[str, dict[str, torch.Tensor]]
@@ -176,18 +176,7 @@ def load_masks(path: str | os.PathLike) -> Masks:
         ValueError: the file is not a safetensors file written by :func:`save_masks`.
     """
     path = os.fspath(path)
-    try:
-        with safe_open(path, framework="pt") as f:
-            metadata = f.metadata() or {}
-            tensors = {key: f.get_tensor(key) for key in f.keys()}
-    except (SafetensorError, OSError) as err:
-        raise ValueError(f"{path!r} is not a readable safetensors masks file: {err}") from None
-    if metadata.get("format") != _FORMAT:
-        raise ValueError(f"{path!r} is not a secateurs masks file (format {metadata.get('format')!r}, expected {_FORMAT!r}).")
-    try:
-        index = json.loads(metadata["index"])
-    except (KeyError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path!r} has a damaged index: {err}") from None
+    index, tensors = read_tagged(path, _FORMAT, "masks file", "index")
     if (
         not isinstance(index, list)
         or len(index) != len(tensors)

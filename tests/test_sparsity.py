@@ -211,7 +211,7 @@ def test_global_counts_match_a_brute_force_greedy():
         ranked = sorted(
             ((v, i, r) for i, s in enumerate(slots) for r, v in enumerate(sorted(s.scores.tolist()))),
         )
-        for v, i, r in ranked:
+        for _, i, r in ranked:
             if sum(counts) == total:
                 break
             if r == counts[i] and counts[i] < slots[i].max_count:

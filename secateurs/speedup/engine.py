@@ -120,13 +120,13 @@ def plan_removal(model: nn.Module, graph: ChannelGraph, masks: Mapping[str, Mapp
         if use.out_ids is not None and "weight" in targets and "bias" in targets and targets["weight"].dim() == 1:
             silent = ~targets["weight"] & ~targets["bias"]
             wanted[graph.component[use.out_ids][silent]] = True
-    for (name, dim, ids), zero in zip(producers, zeros):
+    for (_, _, ids), zero in zip(producers, zeros):
         uncovered[graph.component[ids][~zero]] = True
     for c in (wanted & graph.fixed).nonzero().flatten().tolist()[:20]:
         report.kept.append(f"channel group {c}: {graph.reasons.get(c, 'fixed')}")
     removed = wanted & ~graph.fixed
     extended = removed & uncovered
-    for (name, dim, ids), zero in zip(producers, zeros):
+    for (name, _, ids), zero in zip(producers, zeros):
         extra = int((extended[graph.component[ids]] & ~zero).sum())
         if extra:
             report.extended.append(f"{name}: {extra} more output channel(s) removed with their group")
@@ -336,7 +336,7 @@ class ModelSpeedup:
                     hit = extended[graph.component[ids]]
                     if bool(hit.any()):
                         tensor.index_fill_(d, hit.nonzero().flatten().to(tensor.device), 0)
-            for name, dim, ids in _producers(graph, work):
+            for name, _, ids in _producers(graph, work):
                 gone = int(removed[graph.component[ids]].sum())
                 if gone:
                     report.removed[name] = gone

@@ -13,9 +13,9 @@ import os
 
 import torch
 import torch.nn as nn
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 
+from .._files import read_tagged
 from ..targets import module_type_name
 from .engine import _ATTRS
 
@@ -60,17 +60,7 @@ def load_pruned_model(model: nn.Module, path: str | os.PathLike) -> nn.Module:
             model's (a missing module or a different class is named).
     """
     path = os.fspath(path)
-    try:
-        with safe_open(path, framework="pt") as f:
-            meta = f.metadata() or {}
-    except (SafetensorError, OSError) as err:
-        raise ValueError(f"{path!r} is not a readable safetensors file: {err}") from None
-    if meta.get("format") != _FORMAT:
-        raise ValueError(f"{path!r} is not a secateurs pruned-model file (format {meta.get('format')!r}).")
-    try:
-        modules = json.loads(meta["modules"])
-    except (KeyError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path!r} has a damaged description: {err}") from None
+    modules, _ = read_tagged(path, _FORMAT, "pruned-model file", "modules", tensors=False)
     present = dict(model.named_modules())
     for name, spec in modules.items():
         module = present.get(name)
