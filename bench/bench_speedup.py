@@ -8,7 +8,8 @@
    For each: seconds, parameters after, and the largest difference between the masked
    model's output and the shrunk model's (Torch-Pruning has no masked model: n/a).
 2. Latency (2 threads, batch 1 and 32, median of repeated runs) of dense, secateurs-shrunk
-   and Torch-Pruning-shrunk resnet18 and resnet50, next to the MACs ratio.
+   and Torch-Pruning-shrunk resnet18 and resnet50, next to the MACs ratio, as they are
+   and with BatchNorm folded into the convolutions.
 
     .venv-bench/bin/python bench/bench_speedup.py     # writes its section of docs/benchmarks.md
 """
@@ -101,10 +102,16 @@ def shrink(lib: str, name: str = "resnet50"):
     return model, stats
 
 
-def latency(model, batch: int, repeats: int) -> float:
+def latency(model, batch: int, repeats: int, fused: bool = False) -> float:
+    """Median milliseconds of one forward pass; ``fused`` first folds BatchNorm into the
+    convolutions (torch.fx's inference fusion), as a deployment would."""
     import torch
 
     torch.set_num_threads(2)
+    if fused:
+        from torch.fx.experimental.optimization import fuse
+
+        model = fuse(model.eval())
     x = torch.randn(batch, 3, 224, 224)
     with torch.inference_mode():
         model(x)
@@ -129,6 +136,7 @@ def worker(lib: str, name: str, with_latency: bool) -> dict:
     stats["macs"] = count_flops_params(model, torch.randn(1, 3, 224, 224))[0]
     if with_latency:
         stats["latency_ms"] = {b: latency(model, b, 15 if b == 1 else 5) for b in (1, 32)}
+        stats["fused_latency_ms"] = {b: latency(model, b, 15 if b == 1 else 5, fused=True) for b in (1, 32)}
     return stats
 
 
@@ -163,15 +171,16 @@ def main(argv: list[str]) -> None:
         for lib in ("secateurs", "torch-pruning"):
             r = res[lib]
             if "error" in r:
-                lat_rows.append(f"| {name} | {lib} | failed: {r['error']} | | | | |")
+                lat_rows.append(f"| {name} | {lib} | failed: {r['error']} | | | |")
                 continue
             macs_ratio = dense["macs"] / r["macs"]
-            l1, l32 = (dense["latency_ms"][k] / r["latency_ms"][k] for k in ("1", "32"))
-            lat_rows.append(
-                f"| {name} | {lib} | {dense['macs'] / 1e9:.2f} -> {r['macs'] / 1e9:.2f} ({macs_ratio:.2f}x) | "
-                f"{dense['latency_ms']['1']:.1f} -> {r['latency_ms']['1']:.1f} ({l1:.2f}x) | "
-                f"{dense['latency_ms']['32']:.0f} -> {r['latency_ms']['32']:.0f} ({l32:.2f}x) |"
-            )
+            for key, mode in (("latency_ms", "eager"), ("fused_latency_ms", "BN folded")):
+                l1, l32 = (dense[key][k] / r[key][k] for k in ("1", "32"))
+                lat_rows.append(
+                    f"| {name} | {lib} | {mode} | {dense['macs'] / 1e9:.2f} -> {r['macs'] / 1e9:.2f} "
+                    f"({macs_ratio:.2f}x) | {dense[key]['1']:.1f} -> {r[key]['1']:.1f} ({l1:.2f}x) | "
+                    f"{dense[key]['32']:.0f} -> {r[key]['32']:.0f} ({l32:.2f}x) |"
+                )
     text = f"""## Speedup engine on resnet50 and resnet18
 
 Command: `.venv-bench/bin/python bench/bench_speedup.py` (run {time.strftime('%Y-%m-%d')})
@@ -188,10 +197,12 @@ over the largest |masked| output, on a 1x3x224x224 input, BatchNorm with non-zer
 """ + "\n".join(shrink_rows) + """
 
 CPU latency, 2 threads, median (batch 1: 15 runs, batch 32: 5 runs), 224x224 input; MACs from
-`count_flops_params` (multiply-accumulates). The MACs ratio is the limit for the latency ratio:
+`count_flops_params` (multiply-accumulates). The MACs ratio is the limit for the latency ratio.
+"eager" runs the models as they are; "BN folded" first folds each BatchNorm into its
+convolution (`torch.fx.experimental.optimization.fuse`), for dense and shrunk alike:
 
-| model | shrunk by | GMACs (ratio) | batch 1 ms (speed-up) | batch 32 ms (speed-up) |
-|---|---|---|---|---|
+| model | shrunk by | mode | GMACs (ratio) | batch 1 ms (speed-up) | batch 32 ms (speed-up) |
+|---|---|---|---|---|---|
 """ + "\n".join(lat_rows) + "\n"
     write_section(os.path.join(ROOT, "docs", "benchmarks.md"), "speedup", text)
     print("wrote docs/benchmarks.md")
