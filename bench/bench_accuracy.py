@@ -57,7 +57,7 @@ METHODS = {
 RATIOS = (0.5, 0.75)
 LIBS = ("secateurs", "nni")
 
-# Training budget. Optimiser everywhere: SGD, momentum 0.9.
+# Training budget. Optimiser everywhere: SGD, momentum 0.9 (dense: lr decayed linearly to 0).
 FULL = {
     "dense_epochs": 2, "dense_batch": 256, "dense_lr": 0.05,
     "stat_steps": 50, "stat_batch": 256, "stat_lr": 0.01,
@@ -185,8 +185,15 @@ def run_dense(seed: int, quick: bool) -> dict:
     steps_per_epoch = len(x) // budget["dense_batch"]
     data = batches(x, y, steps_per_epoch * budget["dense_epochs"], budget["dense_batch"], seed)
     opt = torch.optim.SGD(model.parameters(), lr=budget["dense_lr"], momentum=0.9)
+    # Learning rate decayed linearly to 0 over the run, so the checkpoint is not taken mid-oscillation.
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1 - step / len(data))
     t0 = time.perf_counter()
-    train_loop(model, opt, lambda b, m: F.cross_entropy(m(b[0]), b[1]), data)
+    model.train()
+    for bx, by in data:
+        opt.zero_grad()
+        F.cross_entropy(model(bx), by).backward()
+        opt.step()
+        sched.step()
     seconds = time.perf_counter() - t0
     acc = accuracy(model, xt, yt)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, dense_path(seed, quick))
@@ -505,7 +512,7 @@ were dropped from NNI 3.0 and run under NNI 2.10 in `.venv-nni210`).
 Data: full Fashion-MNIST from the Debian package `dataset-fashion-mnist` (60,000 train / 10,000 test).
 Model: small CNN, conv 1->32->64->64 (3x3, BatchNorm, ReLU, max-pool after the first two), global
 average pool, Linear 64->10 (57k parameters). Dense training per seed: {b['dense_epochs']} epochs, batch
-{b['dense_batch']}, SGD lr {b['dense_lr']} momentum 0.9; every cell starts from that seed's checkpoint.
+{b['dense_batch']}, SGD lr {b['dense_lr']} (decayed linearly to 0) momentum 0.9; every cell starts from that seed's checkpoint.
 Pruning: ratio of the output channels of every Conv2d (Linear untouched); Slim: the same ratio of the
 BatchNorm2d scale factors ranked across layers (`global_group_id` for NNI 3.0). secateurs gets
 `dummy_input`, so its masks cover the BatchNorm channels after a pruned filter; NNI's masks cover the

@@ -395,3 +395,13 @@ def test_an_output_layer_is_pruned_only_when_named_and_only_shrunk_when_asked():
     ModelSpeedup(model, x, prune_outputs=True).speedup_model()
     keep = masks["fc2"]["bias"]
     assert model.fc2.out_features == 2 and torch.allclose(model(x), masked[:, keep], atol=1e-6)
+
+
+def test_a_second_dependency_aware_pruning_on_a_masked_model_keeps_masks_consistent():
+    model, x = _randomise_bn(Residual()).eval(), torch.randn(2, 3, 8, 8)
+    L1NormPruner(model, [{"op_types": ["Conv2d"], "sparse_ratio": 0.25}], dummy_input=x).compress()
+    _, masks = L1NormPruner(model, [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}], dummy_input=x).compress()
+    assert int((~masks["stem"]["bias"]).sum()) == 8 and torch.equal(masks["stem"]["bias"], masks["bnb"]["bias"])
+    expected = model(x)
+    ModelSpeedup(model, x).speedup_model()
+    assert model.stem.out_channels == 8 and torch.allclose(model(x), expected, atol=1e-5)

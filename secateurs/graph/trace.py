@@ -17,6 +17,7 @@ buffers are untouched.
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -25,12 +26,14 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from torch.nn.utils import parametrize
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
 from ..targets import module_type_name
 
 Ids = torch.Tensor  # 1-D int64: position -> variable
+_PARAMETRIZED = re.compile(r"\.parametrizations\.(\w+)\.original$")
 Ann = dict  # dim -> Ids, for the dims of a tensor that carry channel variables
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -132,8 +135,11 @@ class _Tracer:
         self.tensors: dict[str, dict[int, Ids]] = {}
         self.modules: dict[str, ModuleUse] = {}
         self.unknown: Counter[str] = Counter()
-        self.param_names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
-        self.param_names.update({id(b): n for n, b in model.named_buffers(remove_duplicate=False)})
+        # A masked parameter is stored as "<module>.parametrizations.<name>.original";
+        # it is known here by its plain name "<module>.<name>".
+        plain = lambda n: _PARAMETRIZED.sub(r".\1", n)  # noqa: E731
+        self.param_names = {id(p): plain(n) for n, p in model.named_parameters(remove_duplicate=False)}
+        self.param_names.update({id(b): plain(n) for n, b in model.named_buffers(remove_duplicate=False)})
         self.module_names = {id(m): n for n, m in model.named_modules(remove_duplicate=False)}
         self.keep_alive: list[Any] = []
         self.record_inputs = False
@@ -191,7 +197,10 @@ class _Tracer:
 
     # -- leaf modules ------------------------------------------------------------------
     def module_param(self, module: nn.Module, attr: str, ann: Ann) -> None:
-        t = getattr(module, attr, None)
+        if parametrize.is_parametrized(module, attr):
+            t = module.parametrizations[attr].original
+        else:
+            t = getattr(module, attr, None)
         if isinstance(t, torch.Tensor) and id(t) in self.param_names:
             self.register_tensor(self.param_names[id(t)], t, ann)
 

@@ -188,7 +188,7 @@ class Pruner:
         for fqn, dims in graph.tensors.items():
             owner, _, attr = fqn.rpartition(".")
             module = get_module(self.net, owner)
-            if attr.endswith("original") or not isinstance(getattr(module, attr, None), torch.Tensor):
+            if not isinstance(getattr(module, attr, None), torch.Tensor):
                 continue
             tensor = getattr(module, attr)
             if fqn not in params and not parametrize.is_parametrized(module, attr):
