@@ -450,6 +450,8 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--ratios", type=float, nargs="+", default=list(RATIOS))
     ap.add_argument("--quick", action="store_true", help="seed 0 only, short budget, results_quick.json, no docs")
     ap.add_argument("--no-docs", action="store_true", help="do not write docs/benchmarks.md")
+    ap.add_argument("--report-only", action="store_true",
+                    help="run nothing; rebuild the table (and docs) from the results already kept")
     args = ap.parse_args(argv)
     seeds = [0] if args.quick else args.seeds
     mode = "quick" if args.quick else "full"
@@ -464,6 +466,8 @@ def main(argv: list[str]) -> None:
     dense = {}
     for seed in seeds:
         info_path = dense_path(seed, args.quick).replace(".safetensors", ".json")
+        if args.report_only and not os.path.exists(info_path):
+            continue
         if not (os.path.exists(info_path) and os.path.exists(dense_path(seed, args.quick))):
             _worker(_python_for("secateurs", "l1"), ["dense", str(seed), mode])
         dense[seed] = json.load(open(info_path))
@@ -475,7 +479,7 @@ def main(argv: list[str]) -> None:
             for ratio in args.ratios:
                 for lib in args.libs:
                     key = _key(lib, method, ratio, seed)
-                    if key in results:
+                    if key in results or args.report_only:
                         continue
                     if lib == "secateurs" and not hasattr(secateurs, METHODS[method][0]):
                         errors[key] = f"secateurs has no {METHODS[method][0]} yet"
@@ -502,6 +506,10 @@ def main(argv: list[str]) -> None:
     print(text_table)
     if args.quick or args.no_docs:
         return
+    expected = len(args.methods) * len(args.ratios) * len(args.libs) * len(seeds)
+    have = sum(1 for k in results if k.split("|")[1] in args.methods and int(k.split("|")[3]) in seeds)
+    partial = "" if have >= expected else (
+        f"\nPartial run: {have} of {expected} cells finished; a cell marked (n=k) has k of {len(seeds)} seeds.\n")
     versions = sorted({f"{r['lib']} {r['version']}" for r in results.values()})
     b = budget
     text = f"""## Accuracy after pruning on Fashion-MNIST (issue 4)
@@ -532,7 +540,7 @@ only (the {b['stat_steps']} steps still train the model). NNI 3.0's Slim puts it
 per-channel factors trained by its own Adam (lr 1e-2); secateurs puts it on the BatchNorm scales,
 stepped by the user's optimizer, so the same `regular_scale` = 1.0 is a much stronger penalty here.
 
-""" + text_table + "\n"
+""" + partial + text_table + "\n"
     write_section(os.path.join(ROOT, "docs", "benchmarks.md"), "accuracy", text)
     print("wrote docs/benchmarks.md")
 

@@ -309,11 +309,15 @@ class _Tracer:
         self.set(out, out_ann)
 
     # -- functions -------------------------------------------------------------------
+    def peek(self, t: Any) -> Ann | None:
+        """The annotation ``t`` already has (a parameter gets one only when a rule asks)."""
+        hit = self.ann.get(id(t)) if isinstance(t, torch.Tensor) else None
+        return hit[1] if hit is not None and hit[0] is t else None
+
     def unknown_op(self, name: str, tensors: Sequence[torch.Tensor]) -> None:
         touched = False
         for t in tensors:
-            hit = self.ann.get(id(t))  # parameters not yet seen by a rule carry nothing to lose
-            ann = hit[1] if hit is not None and hit[0] is t else None
+            ann = self.peek(t)  # parameters not yet seen by a rule carry nothing to lose
             if ann:
                 touched = True
                 self.fix_ann(ann, f"unknown op {name!r}")
@@ -326,7 +330,7 @@ class _Tracer:
             return
         flat_in, _ = tree_flatten((args, kwargs))
         tensors_in = [t for t in flat_in if isinstance(t, torch.Tensor)]
-        if name in _FACTORY or not any(self.get(t) for t in tensors_in):
+        if name in _FACTORY or not any(self.peek(t) or id(t) in self.param_names for t in tensors_in):
             return  # nothing channel-carrying comes out
         handler = _RULES.get(name)
         if name in _UNARY:
@@ -662,13 +666,13 @@ def _rule_split(tr: _Tracer, name, args, kwargs, out) -> None:
 
 def _rule_getitem(tr: _Tracer, name, args, kwargs, out) -> None:
     x, index = args[0], args[1]
-    ann = tr.get(x) or {}
     if not isinstance(index, tuple):
         index = (index,)
     if any(isinstance(i, (torch.Tensor, list)) or (i is not None and not isinstance(i, (int, slice, type(...))))
            for i in index):
         tr.unknown_op("__getitem__ (advanced index)", [x])
         return
+    ann = tr.get(x) or {}
     n_real = sum(1 for i in index if i is not None and i is not ...)
     expanded: list = []
     for i in index:
