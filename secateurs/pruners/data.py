@@ -214,7 +214,10 @@ class SlimPruner(DataPruner):
     (a Conv or Linear) gets a learnable factor per output channel, initialised to 1,
     that multiplies its output during the ``training_steps`` steps and is trained by its
     own Adam (lr 1e-2), as NNI 3.0 did; it is discarded afterwards. The loss gets
-    ``regular_scale * mean over targets of sum |factor|`` (NNI 3.0's normalisation).
+    ``regular_scale * mean |factor|`` over every selected channel. NNI 3.0 averaged
+    per-layer sums instead, which is harmless for its own Adam-trained factors but,
+    applied to ``gamma`` through the user's SGD, would shrink every ``gamma`` by
+    ``lr * regular_scale / layers`` a step and wreck the network at the default scale.
     Then the channels with the smallest ``|factor|`` are pruned, ranked globally across
     the targets (as in the paper) unless a config gives its own ``global_group_id``.
 
@@ -264,7 +267,9 @@ class SlimPruner(DataPruner):
                 return output * alpha.reshape([-1 if d == dim else 1 for d in range(output.dim())])
 
             evaluator.hook_forward(module, scale)
-        weight = self.regular_scale / max(len(factors), 1)
+        # The mean |factor| over every selected channel: the penalty acts on gamma through
+        # the user's own optimizer, where its size matters (see the class docstring).
+        weight = self.regular_scale / max(sum(f.numel() for f in factors.values()), 1)
         evaluator.patch_loss(lambda loss: loss + weight * sum(f.abs().sum() for f in factors.values()))
         if extra:
             own = torch.optim.Adam(extra, lr=1e-2)
