@@ -431,7 +431,11 @@ def table(results: dict, dense: dict, methods: list[str], seeds: list[int]) -> s
             "| method | ratio | secateurs acc % | NNI acc % | secateurs prune s | NNI prune s "
             "| fine-tune s (ours / NNI) | channels masked of 160 (ours / NNI) |\n"
             "|---|---|---|---|---|---|---|---|\n")
-    return head + "\n".join(rows)
+    dead = [f"{r['lib']} {r['method']} {r['ratio']} seed {r['seed']}: {100 * r['acc']:.2f} %"
+            for r in results.values() if r["method"] in methods and r["seed"] in seeds and r["acc"] < 0.15]
+    tail = ("\n\nAt chance level (10 classes): "
+            + "; ".join(sorted(dead)) + "." if dead else "")
+    return head + "\n".join(rows) + tail
 
 
 def main(argv: list[str]) -> None:
@@ -510,6 +514,10 @@ def main(argv: list[str]) -> None:
     have = sum(1 for k in results if k.split("|")[1] in args.methods and int(k.split("|")[3]) in seeds)
     partial = "" if have >= expected else (
         f"\nPartial run: {have} of {expected} cells finished; a cell marked (n=k) has k of {len(seeds)} seeds.\n")
+    hashes = sorted({r["secateurs_src"] for r in results.values() if r.get("secateurs_src")})
+    if len(hashes) > 1:
+        partial += (f"\nThe secateurs sources changed during the run (hashes of secateurs/*.py in results.json: "
+                    f"{', '.join(hashes)}).\n")
     versions = sorted({f"{r['lib']} {r['version']}" for r in results.values()})
     b = budget
     text = f"""## Accuracy after pruning on Fashion-MNIST (issue 4)
@@ -537,8 +545,11 @@ seconds are noisy (results.json also keeps CPU seconds per cell).
 Notes on the peers, read from their source: NNI 2.10's activation pruners stop recording once the
 count of *samples* reaches `training_steps`, so with batch {b['stat_batch']} they rank channels on the first batch
 only (the {b['stat_steps']} steps still train the model). NNI 3.0's Slim puts its L1 penalty on extra
-per-channel factors trained by its own Adam (lr 1e-2); secateurs puts it on the BatchNorm scales,
-stepped by the user's optimizer, so the same `regular_scale` = 1.0 is a much stronger penalty here.
+per-channel factors trained by its own Adam (lr 1e-2) and ranks by those factors; secateurs puts it
+on the BatchNorm scales themselves (the paper's setting), stepped by the user's optimizer, as
+`regular_scale` x mean |gamma| over the selected channels, and ranks by |gamma| across layers. With
+only {b['stat_steps']} statistics steps the scales are barely sparsified, so a global ranking of raw
+|gamma| prunes some layers much harder than others, which is what the wide Slim spreads show.
 
 """ + partial + text_table + "\n"
     write_section(os.path.join(ROOT, "docs", "benchmarks.md"), "accuracy", text)
