@@ -148,7 +148,6 @@ class Pruner:
         """One slot per set of layers whose output channels are coupled; units = channel groups."""
         graph = self.graph
         comps = [graph.component[graph.modules[t.module_name].out_ids] for t, _ in scored]
-        owner: dict[int, int] = {}
         parent = list(range(len(scored)))
 
         def find(i: int) -> int:
@@ -157,10 +156,14 @@ class Pruner:
                 i = parent[i]
             return i
 
-        for i, c in enumerate(comps):  # a loop over layers, joining those that share a group
-            for comp in c[~graph.fixed[c]].unique().tolist():
-                j = owner.setdefault(comp, i)
-                parent[find(i)] = find(j)
+        # Each channel group's first layer; a layer joins the first layer of each of its groups.
+        layer_of = torch.cat([torch.full((c.numel(),), i) for i, c in enumerate(comps)])
+        all_comps = torch.cat(comps)
+        ok = ~graph.fixed[all_comps]
+        layer_of, all_comps = layer_of[ok], all_comps[ok]
+        first = torch.full((graph.fixed.numel(),), len(scored)).scatter_reduce(0, all_comps, layer_of, "amin")
+        for i, j in torch.unique(torch.stack([layer_of, first[all_comps]], 1), dim=0).tolist():  # layer pairs
+            parent[find(i)] = find(j)
         members: dict[int, list[int]] = {}
         for i in range(len(scored)):
             members.setdefault(find(i), []).append(i)
