@@ -27,3 +27,19 @@ test: venv
 
 clean:
 	rm -rf $(VENV) out
+
+# Peers for the benchmarks in bench/ (not needed by demo or test): NNI 3.0 and Torch-Pruning
+# beside torch 2.14.1 + torchvision; NNI 2.10 for the pruners NNI 3.0 dropped.
+.PHONY: bench-venv
+bench-venv: .venv-bench/.installed .venv-nni210/.installed
+
+.venv-bench/.installed:
+	$(PYTHON) -m venv .venv-bench
+	.venv-bench/bin/pip install --quiet torch==2.14.1 torchvision==0.29.1
+	.venv-bench/bin/pip install --quiet nni==3.0 torch-pruning==1.6.1 safetensors psutil
+	touch $@
+
+.venv-nni210/.installed:
+	$(PYTHON) -m venv .venv-nni210
+	.venv-nni210/bin/pip install --quiet torch==2.14.1 nni==2.10 tensorboard safetensors
+	touch $@

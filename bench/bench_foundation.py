@@ -129,8 +129,10 @@ def main(argv: list[str]) -> None:
 
 Command: `.venv-bench/bin/python bench/bench_foundation.py` (run {time.strftime('%Y-%m-%d')})
 Machine: {machine()}; NNI {nni.__version__}.
-Model: torchvision resnet50, random init, {ours['weights']:,} weights in the last case's targets;
-parameters {ours['param_mib']:.1f} MiB. Each cell is one fresh process; time = construction + `compress()`.
+Model: torchvision resnet50, random init; parameters {ours['param_mib']:.1f} MiB; targeted weights:
+{results[("secateurs", "level_global")]['weights']:,} (every Conv2d and Linear) for `level_global`,
+{results[("secateurs", "l1_conv")]['weights']:,} (every Conv2d) for the others.
+Each cell is one fresh process; time = construction + `compress()`.
 Memory = growth of peak RSS over that span, as a multiple of the parameter bytes.
 
 | case | secateurs s | NNI 3.0 s | speed-up | secateurs memory | NNI memory | realised sparsity (ours / NNI) |
