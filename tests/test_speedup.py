@@ -228,7 +228,9 @@ def test_an_unknown_op_is_named_and_its_channels_are_not_pruned():
     assert masks == {} or all(m.all() for t in masks.values() for m in t.values())
 
 
-def test_hand_masks_on_part_of_a_group_are_extended_over_it():
+def test_hand_masks_on_part_of_a_residual_group_are_kept_and_the_output_is_the_masked_models():
+    # Masking b and bnb silences the residual branch, but the skip connection still carries
+    # those channels past them: removing the group would change the output.
     model = _randomise_bn(Residual()).eval()
     x = torch.randn(2, 3, 8, 8)
     mask = torch.ones(16, 16, 3, 3, dtype=torch.bool)
@@ -236,10 +238,38 @@ def test_hand_masks_on_part_of_a_group_are_extended_over_it():
     masks = {"b": {"weight": mask, "bias": torch.arange(16) >= 4},
              "bnb": {"weight": torch.arange(16) >= 4, "bias": torch.arange(16) >= 4}}
     attach_masks(model, masks)
+    with torch.no_grad():
+        expected = model(x)
     speedup = ModelSpeedup(model, x, masks)
+    with pytest.warns(UserWarning, match="kept some masked channels"):
+        speedup.speedup_model()
+    assert model.stem.out_channels == 16 and model.b.out_channels == 16
+    assert speedup.report.kept and not speedup.report.extended
+    assert torch.allclose(model(x), expected, atol=1e-5)
+
+
+class SlimChain(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv2(F.relu(self.bn1(self.conv1(x))))
+
+
+def test_a_silenced_norm_channel_removes_its_producer_when_nothing_else_sees_it():
+    model = _randomise_bn(SlimChain()).eval()
+    x = torch.randn(2, 3, 6, 6)
+    keep = torch.arange(8) >= 3
+    attach_masks(model, {"bn1": {"weight": keep, "bias": keep}})  # what SlimPruner makes
+    with torch.no_grad():
+        expected = model(x)
+    speedup = ModelSpeedup(model, x)
     speedup.speedup_model()
-    assert model.stem.out_channels == 12 and model.b.out_channels == 12
-    assert any("stem" in line for line in speedup.report.extended)
+    assert model.conv1.out_channels == 5 and model.conv2.in_channels == 5 and model.bn1.num_features == 5
+    assert any("conv1" in line for line in speedup.report.extended)
+    assert torch.allclose(model(x), expected, atol=1e-5)
 
 
 def test_constant_of_a_removed_channel_is_folded_into_a_linear_consumer():
@@ -256,17 +286,50 @@ def test_constant_of_a_removed_channel_is_folded_into_a_linear_consumer():
     assert speedup.report.folded
 
 
-def test_a_constant_that_cannot_be_folded_is_refused_and_the_model_is_unchanged():
+def test_a_constant_that_cannot_be_folded_keeps_its_channels_and_the_output_exact():
     model = _randomise_bn(ConvBnConv()).eval()
     x = torch.randn(2, 3, 8, 8)
     mask = torch.ones(16, 3, 3, 3, dtype=torch.bool)
     mask[:4] = False
     attach_masks(model, {"conv1": {"weight": mask}})
-    expected = model(x)
+    with torch.no_grad():
+        expected = model(x)
+    speedup = ModelSpeedup(model, x)
+    with pytest.warns(UserWarning, match="cannot be folded exactly into conv2"):
+        speedup.speedup_model()
+    assert model.conv1.out_channels > 12  # channels whose BN shift reaches the padded conv2 stay
+    assert torch.allclose(model(x), expected, atol=1e-5)
+
+
+class ReadsItsWidth(nn.Module):
+    """A forward that reads a layer's size attribute: shrinking changes what it computes."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 1)
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        return self.head(self.conv(x)) * self.conv.out_channels
+
+
+def test_a_shrunk_model_that_differs_is_refused_and_the_model_is_unchanged():
+    torch.manual_seed(0)
+    model = ReadsItsWidth()
+    x = torch.randn(2, 3, 4, 4)
+    keep = torch.arange(8) >= 4
+    masks = {"conv": {"weight": keep[:, None, None, None].expand(8, 3, 1, 1).clone(), "bias": keep}}
+    attach_masks(model, masks)
+    weight = model.conv.parametrizations.weight.original
+    with torch.no_grad():
+        expected = model(x)
     with pytest.raises(RuntimeError, match="left unchanged"):
         ModelSpeedup(model, x).speedup_model()
-    assert model.conv1.weight.shape == (16, 3, 3, 3)
-    assert torch.equal(model(x), expected)
+    assert model.conv.parametrizations.weight.original is weight and weight.shape == (8, 3, 1, 1)
+    assert model.conv.out_channels == 8 and model.head.in_channels == 8
+    assert get_masks(model)["conv"]["bias"].equal(keep)
+    with torch.no_grad():
+        assert torch.equal(model(x), expected)
 
 
 class WithEmbeddingAndAttention(nn.Module):

@@ -1,6 +1,7 @@
 """Count multiply-accumulates (MACs, reported as FLOPs as NNI did) and parameters.
 
-One forward pass with hooks. Conventions (per sample batch given):
+One forward pass with hooks; each layer's count comes from its family
+(:meth:`secateurs.layers.LayerFamily.macs`). Conventions (per sample batch given):
     Conv: output elements x (in_channels / groups) x kernel size.
     ConvTranspose: input elements x (out_channels / groups) x kernel size.
     Linear: output elements x in_features. Bias adds are not counted.
@@ -12,7 +13,6 @@ Element-wise ops, pooling and activations are not counted.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -20,37 +20,8 @@ import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
 from ..graph.trace import call_with
+from ..layers import LAYERS
 from ..targets import module_type_name
-
-_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
-_COUNTED = (nn.modules.conv._ConvNd, nn.Linear, nn.MultiheadAttention, *_NORMS)
-
-
-def _module_macs(module: nn.Module, args: tuple, out: Any) -> int:
-    x = args[0] if args else None
-    y = out[0] if isinstance(out, tuple) else out
-    if isinstance(module, nn.modules.conv._ConvTransposeNd):
-        return x.numel() * (module.out_channels // module.groups) * math.prod(module.kernel_size)
-    if isinstance(module, nn.modules.conv._ConvNd):
-        return y.numel() * (module.in_channels // module.groups) * math.prod(module.kernel_size)
-    if isinstance(module, nn.Linear):
-        return y.numel() * module.in_features
-    if isinstance(module, _NORMS):
-        return x.numel()
-    if isinstance(module, nn.MultiheadAttention):
-        q, k = args[0], args[1] if len(args) > 1 else args[0]
-        e = module.embed_dim
-        lq, lk = q.numel() // e, k.numel() // e
-        batch_len = q.shape[0] if q.dim() == 2 else None
-        proj = (lq + 2 * lk) * e * e + lq * e * e
-        if batch_len is None:
-            b = q.shape[0] if module.batch_first else q.shape[1]
-            attn = 2 * b * (lq // b) * (lk // b) * e
-        else:
-            attn = 2 * lq * lk * e
-        return proj + attn
-    return 0
-
 
 class _MatmulCounter(TorchFunctionMode):
     def __init__(self) -> None:
@@ -106,12 +77,12 @@ def count_flops_params(model: nn.Module, dummy_input: Any) -> tuple[int, int, li
             "type": module_type_name(module),
             "input_shape": tuple(args[0].shape) if args and isinstance(args[0], torch.Tensor) else None,
             "output_shape": tuple(y.shape) if isinstance(y, torch.Tensor) else None,
-            "flops": _module_macs(module, args, out),
+            "flops": LAYERS.family_of(module).macs(module, args, out),
             "params": sum(p.numel() for p in module.parameters()),
         })
 
     for m in model.modules():
-        if isinstance(m, _COUNTED):
+        if LAYERS.family_of(m) is not None:
             handles.append(m.register_forward_pre_hook(pre))
             handles.append(m.register_forward_hook(post))
     modes = {m: m.training for m in model.modules()}

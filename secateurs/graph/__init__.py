@@ -1,5 +1,7 @@
 """Tracing and channel-dependency analysis."""
 
-from .trace import ChannelGraph, ModuleUse, call_with, trace_channels
+from .rules import OP_RULES
+from .trace import ChannelGraph, ModuleUse, Tracer, call_with, channel_stats, output_leaves, trace_channels
 
-__all__ = ["ChannelGraph", "ModuleUse", "call_with", "trace_channels"]
+__all__ = ["OP_RULES", "ChannelGraph", "ModuleUse", "Tracer", "call_with", "channel_stats", "output_leaves",
+           "trace_channels"]

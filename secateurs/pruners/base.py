@@ -15,10 +15,10 @@ from ..config import ConfigSchema, ModuleSetting, resolve
 from ..masks import Masks, attach_masks, detach_masks
 from ..report import SparsityReport, sparsity_report
 from ..graph import ChannelGraph, trace_channels
+from ..layers import LAYERS
 from ..sparsity import Slot, _bounds, allocate, block_shape, expand_units, make_slots, to_units
 from ..targets import get_module
 
-_TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
 @dataclass(frozen=True)
@@ -102,8 +102,9 @@ class Pruner:
                     f"config_list[{setting.config_index}]: {key} asks for tensor {name!r}, but "
                     f"{setting.module_name!r} ({setting.module_type}) has no such tensor."
                 )
-        # The output channels of a transposed conv and of an embedding are dim 1 of the weight.
-        out_dim = 1 if isinstance(module, (*_TRANSPOSED, nn.Embedding)) else 0
+        family = LAYERS.family_of(module)
+        out_dim = family.weight_dims(module)[0] if family is not None else 0
+        refusal = family.out_channel_refusal(module) if family is not None else None
         targets = []
         for name in names:
             shape = tuple(getattr(module, name).shape)
@@ -112,7 +113,12 @@ class Pruner:
                 continue
             if setting.granularity == "per_channel" and out_dim != 0:
                 raise ValueError(f"{where}: 'per_channel' granularity ranks rows of dim 0; not supported here.")
-            blocks = block_shape(setting.granularity, shape, self.default_granularity, where, out_dim)
+            channelwise = (setting.granularity if setting.granularity != "default" else self.default_granularity) \
+                in ("out_channel", "in_channel")
+            if name == "weight" and channelwise and (refusal is not None or out_dim is None):
+                raise ValueError(f"config_list[{setting.config_index}]: {where}: "
+                                 f"{refusal or 'its weight has no output-channel dim'}; exclude it.")
+            blocks = block_shape(setting.granularity, shape, self.default_granularity, where, out_dim or 0)
             aligned = ()
             if name == "weight":
                 whole_rows = all(b == s for d, (b, s) in enumerate(zip(blocks, shape)) if d != out_dim)

@@ -20,13 +20,13 @@ import torch.nn.functional as F
 from .._registry import PRUNERS
 from ..config import ModuleSetting
 from ..evaluators.base import Evaluator
+from ..layers import LAYERS
 from ..masks import Masks
 from ..sparsity import to_units
 from ..targets import get_module, original_parameter
 from .base import Pruner, Target
 
 _ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "relu6": F.relu6}
-_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm)
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
@@ -103,9 +103,8 @@ class DataPruner(Pruner):
 
 
 def _channel_dim(module: nn.Module, output: torch.Tensor) -> int:
-    if isinstance(module, (nn.Linear, nn.Embedding)):
-        return output.dim() - 1
-    return 1 if output.dim() > 1 else 0
+    family = LAYERS.family_of(module)
+    return family.output_channel_dim(module, output) if family is not None else (1 if output.dim() > 1 else 0)
 
 
 class _ActivationPruner(DataPruner):
@@ -136,7 +135,8 @@ class _ActivationPruner(DataPruner):
                 out = output[0] if isinstance(output, tuple) else output
                 with torch.no_grad():
                     act = fn(out.detach())
-                    per = act.movedim(_channel_dim(module, act), 0).reshape(act.shape[_channel_dim(module, act)], -1)
+                    dim = _channel_dim(module, act)
+                    per = act.movedim(dim, 0).reshape(act.shape[dim], -1)
                     batch = self._reduce(per).double()
                 self.stats[key] = self.stats[key] + batch if key in self.stats else batch
 
@@ -254,7 +254,8 @@ class SlimPruner(DataPruner):
             if t.name != "weight":
                 continue
             module = get_module(self.net, t.module_name)
-            if isinstance(module, _NORMS):
+            family = LAYERS.family_of(module)
+            if family is not None and family.channel_scale:
                 factors[(t.module_name, t.name)] = original_parameter(module, "weight")
                 continue
             weight = original_parameter(module, "weight")

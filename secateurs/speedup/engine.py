@@ -1,42 +1,37 @@
 """ModelSpeedup: turn channel masks into a physically smaller model that computes the same.
 
-Steps (nothing of the user's model changes until the last one):
+Steps (see :mod:`.plan`, :mod:`.apply`, :mod:`.verify`):
 
-1. plan: trace the model (:mod:`secateurs.graph`) and find, for every channel variable
-   component, whether the masks remove it: a component goes when one of its producers
-   (a conv, linear or embedding whose weight makes the channel) has the channel wholly
-   masked. Masks that cover only part of a component (some producers of the channel
-   not masked) are extended over it: every parameter the channel touches is zeroed,
-   as a dependency-aware pruner's masks would (reported).
-2. validate: masks are checked against the model; components that are fixed (model
-   output, input, ops that are not understood) keep their channels, and the report says
-   why.
-3. apply, on a copy: masks are applied to the weights, extended groups are zeroed, one
-   forward pass records the reference output and the value each removed
-   channel carries into its consumers; if that value is a non-zero constant it is folded
-   into the consumer's bias (exact for Linear and for unpadded convolutions; reported
-   otherwise); then every parameter and buffer is sliced and module attributes updated.
-4. verify: the copy's output is compared with the reference; on success the new
-   parameters and attributes move into the user's modules (in place); on failure a
-   ``RuntimeError`` says how far apart they were and the user's model is unchanged.
+1. validate the arguments and masks; apply the masks to the parameters (keeping the
+   stored values for undo) so the model computes what the user's masked model computes;
+2. trace it once (:func:`secateurs.graph.trace_channels` with ``record_inputs``): the
+   channel groups, the value each channel carries into each layer, and the reference
+   output, which is the user's masked model's;
+3. plan which groups go (only what removes exactly; the rest is kept and reported);
+4. apply in place: parameters keep their identity (``p.data`` is sliced), buffers and
+   module attributes follow, the optimizer's state is sliced with its parameters;
+5. verify against the reference; on a difference beyond ``tolerance`` every change is
+   undone (masks re-attached) and ``RuntimeError`` says how far apart they were.
 """
 
 from __future__ import annotations
 
-import copy
+import dataclasses
+import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn as nn
-from torch.utils._pytree import tree_flatten
 
-from ..graph.trace import _CONV, _CONVT, ChannelGraph, call_with, trace_channels
-from ..masks import check_masks, detach_masks, get_masks
-
-_ATTRS = ("in_channels", "out_channels", "groups", "in_features", "out_features", "num_features", "num_channels",
-          "num_groups", "normalized_shape", "embedding_dim", "num_parameters")
+from ..graph import call_with, trace_channels
+from ..masks import attach_masks, check_masks, detach_masks, get_masks
+from ..targets import get_module, original_parameter
+from .apply import Undo, apply_plan
+from .plan import plan_removal
+from .verify import compare_outputs
 
 
 @dataclass
@@ -46,229 +41,73 @@ class SpeedupReport:
     Attributes:
         removed: module name -> number of output channels removed.
         params_before / params_after: parameter counts.
-        max_abs_diff / max_rel_diff: sped-up vs masked output, largest difference.
-        extended: groups whose masks were extended, as readable lines.
-        kept: channels that are wholly masked but stay (fixed components), with why.
+        max_abs_diff / max_rel_diff: sped-up vs the user's masked model, largest
+            difference over every output leaf (NaN when ``verify=False``).
+        where: the output leaf with the largest difference.
+        extended: producers that lost more channels than their own masks said, with why.
+        kept: masked channels that stay, with why.
         folded: consumers whose bias took the constant of removed channels.
-        inexact: consumers where such a constant could not be folded exactly.
+        not_shrunk: masked layers that could not be shrunk, with why.
     """
 
     removed: dict[str, int] = field(default_factory=dict)
     params_before: int = 0
     params_after: int = 0
-    max_abs_diff: float = 0.0
-    max_rel_diff: float = 0.0
+    max_abs_diff: float = math.nan
+    max_rel_diff: float = math.nan
+    where: str = ""
     extended: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
     folded: list[str] = field(default_factory=list)
-    inexact: list[str] = field(default_factory=list)
+    not_shrunk: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         lines = [
             f"parameters {self.params_before:,} -> {self.params_after:,} "
-            f"({self.params_after / max(self.params_before, 1):.1%}); largest output difference "
-            f"{self.max_abs_diff:.3g} absolute, {self.max_rel_diff:.3g} relative",
+            f"({self.params_after / max(self.params_before, 1):.1%}); largest output difference from the masked "
+            f"model {self.max_abs_diff:.3g} absolute, {self.max_rel_diff:.3g} relative",
         ]
         lines += [f"removed {n} output channels of {m}" for m, n in self.removed.items()]
         for title, items in (("extended", self.extended), ("kept", self.kept), ("folded", self.folded),
-                             ("not exact", self.inexact)):
+                             ("not shrunk", self.not_shrunk)):
             lines += [f"{title}: {item}" for item in items]
         return "\n".join(lines)
 
 
-def _producers(graph: ChannelGraph, model: nn.Module) -> list[tuple[str, int, torch.Tensor]]:
-    """(module name, out dim of its weight, out ids) for every module that creates channels."""
-    out = []
-    for name, use in graph.modules.items():
-        module = model.get_submodule(name)
-        if use.out_ids is None or not hasattr(module, "weight"):
-            continue
-        if isinstance(module, (*_CONV, *_CONVT, nn.Linear)):
-            out.append((name, 1 if isinstance(module, _CONVT) else 0, use.out_ids))
-        elif isinstance(module, nn.Embedding):
-            out.append((name, 1, use.out_ids))
-    return out
+def _check_args(model, dummy_input, tolerance, verify, prune_outputs, optimizer) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"ModelSpeedup: 'model' must be a torch.nn.Module; got {type(model).__name__}.")
+    if dummy_input is None:
+        raise ValueError("ModelSpeedup: 'dummy_input' is required: a tensor, a tuple of positional inputs or a dict "
+                         "of keyword arguments the model accepts.")
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 <= tolerance < math.inf:
+        raise ValueError(f"ModelSpeedup: 'tolerance' must be a finite number >= 0; got {tolerance!r}.")
+    for key, value in (("verify", verify), ("prune_outputs", prune_outputs)):
+        if not isinstance(value, bool):
+            raise TypeError(f"ModelSpeedup: {key!r} must be True or False; got {value!r}.")
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"ModelSpeedup: 'optimizer' must be a torch.optim.Optimizer; got {type(optimizer).__name__}.")
 
 
-def _channel_zero(mask: torch.Tensor, dim: int) -> torch.Tensor:
-    """Per index along ``dim``: is the whole slice masked?"""
-    return ~mask.movedim(dim, 0).reshape(mask.shape[dim], -1).any(1)
-
-
-def plan_removal(model: nn.Module, graph: ChannelGraph, masks: Mapping[str, Mapping[str, torch.Tensor]],
-                 report: SpeedupReport) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per component: (removed, extended). Fills ``report.extended`` and ``report.kept``.
-
-    A component is removed when a producer has its channel wholly masked. It is
-    *extended* when some other producer of it was not masked there: the user's masks
-    covered only part of the group.
-    """
-    n_comp = graph.fixed.numel()
-    wanted = torch.zeros(n_comp, dtype=torch.bool)
-    uncovered = torch.zeros(n_comp, dtype=torch.bool)
-    zeros = []
-    producers = _producers(graph, model)
-    for name, dim, ids in producers:
-        mask = masks.get(name, {}).get("weight")
-        zero = _channel_zero(mask, dim) if mask is not None else torch.zeros(ids.numel(), dtype=torch.bool)
-        zeros.append(zero)
-        wanted[graph.component[ids][zero]] = True
-    for name, use in graph.modules.items():
-        # A norm layer with scale and shift both masked outputs zero: its channel is gone
-        # (Network Slimming's masks), whatever produced it.
-        targets = masks.get(name, {})
-        if use.out_ids is not None and "weight" in targets and "bias" in targets and targets["weight"].dim() == 1:
-            silent = ~targets["weight"] & ~targets["bias"]
-            wanted[graph.component[use.out_ids][silent]] = True
-    for (_, _, ids), zero in zip(producers, zeros):
-        uncovered[graph.component[ids][~zero]] = True
-    for c in (wanted & graph.fixed).nonzero().flatten().tolist()[:20]:
-        report.kept.append(f"channel group {c}: {graph.reasons.get(c, 'fixed')}")
-    removed = wanted & ~graph.fixed
-    extended = removed & uncovered
-    for (name, _, ids), zero in zip(producers, zeros):
-        extra = int((extended[graph.component[ids]] & ~zero).sum())
-        if extra:
-            report.extended.append(f"{name}: {extra} more output channel(s) removed with their group")
-    return removed, extended
-
-
-def _slice(t: torch.Tensor, dims: Mapping[int, torch.Tensor], keep_of) -> torch.Tensor:
-    for d, ids in dims.items():
-        keep = keep_of(ids)
-        if not bool(keep.all()):
-            t = t.index_select(d, keep.nonzero().flatten().to(t.device))
-    return t
-
-
-def _update_attrs(module: nn.Module) -> None:
-    w = getattr(module, "weight", None)
-    if isinstance(module, (*_CONV, *_CONVT)):
-        depthwise = module.groups == module.in_channels == module.out_channels and module.groups > 1
-        if isinstance(module, _CONVT):
-            c_in, c_out = w.shape[0], w.shape[1] * module.groups
-            if depthwise:
-                c_out = c_in
-        else:
-            c_out, c_in = w.shape[0], w.shape[1] * module.groups
-            if depthwise:
-                c_in = c_out
-        if depthwise:
-            module.groups = c_out
-        module.in_channels, module.out_channels = c_in, c_out
-    elif isinstance(module, nn.Linear):
-        module.out_features, module.in_features = w.shape
-    elif isinstance(module, (nn.modules.batchnorm._NormBase,)):
-        ref = w if w is not None else module.running_mean
-        if ref is not None:
-            module.num_features = ref.shape[0]
-    elif isinstance(module, nn.GroupNorm):
-        per = module.num_channels // module.num_groups
-        module.num_channels = w.shape[0] if w is not None else module.num_channels
-        module.num_groups = module.num_channels // per
-    elif isinstance(module, nn.PReLU):
-        module.num_parameters = w.shape[0]
-    elif isinstance(module, nn.Embedding):
-        module.embedding_dim = w.shape[1]
-
-
-def _input_stats(model: nn.Module, names: list[str], example: Any) -> tuple[dict[str, torch.Tensor], Any]:
-    """Per-channel (min, max, mean) of the inputs of the named layers, and the output."""
-    seen: dict[str, torch.Tensor] = {}
-
-    def hook(name):
-        def record(module, args):
-            x = args[0]
-            cdim = x.dim() - 1 if isinstance(module, nn.Linear) else x.dim() - module.weight.dim() + 1
-            per = x.movedim(cdim, 0).reshape(x.shape[cdim], -1)
-            stats = torch.stack([per.amin(1), per.amax(1), per.mean(1)])
-            prev = seen.get(name)
-            if prev is not None:
-                stats = torch.stack([torch.minimum(prev[0], stats[0]), torch.maximum(prev[1], stats[1]), prev[2]])
-            seen[name] = stats
-
-        return record
-
-    handles = [model.get_submodule(n).register_forward_pre_hook(hook(n)) for n in names]
-    try:
-        with torch.no_grad():
-            output = call_with(model, example)
-    finally:
-        for h in handles:
-            h.remove()
-    return seen, output
-
-
-def _fold_constants(model: nn.Module, graph: ChannelGraph, removed: torch.Tensor,
-                    stats: Mapping[str, torch.Tensor], report: SpeedupReport) -> None:
-    """Fold the constant that removed input channels carry into each consumer's bias."""
-    for name, use in graph.modules.items():
-        module = model.get_submodule(name)
-        if use.in_ids is None or not isinstance(module, (*_CONV, nn.Linear)) or name not in stats:
-            continue
-        gone = removed[graph.component[use.in_ids]]
-        if not bool(gone.any()):
-            continue
-        lo, hi, mean = stats[name][:, gone.to(stats[name].device)]
-        scale = torch.maximum(lo.abs(), hi.abs())
-        if float(scale.max()) <= 1e-12:
-            continue  # removed channels carry zeros: nothing to fold
-        varies = (hi - lo) > 1e-6 * (1 + scale)
-        w = module.weight.detach()
-        idx = gone.nonzero().flatten().to(w.device)
-        exact = not bool(varies.any())
-        if isinstance(module, _CONV):
-            if module.groups != 1:
-                exact = False
-            elif any(p != 0 for p in module.padding if isinstance(module.padding, tuple)) or module.padding == "same":
-                exact = exact and module.padding_mode != "zeros"
-            contribution = (w.index_select(1, idx).sum(dim=tuple(range(2, w.dim()))) * mean.to(w)).sum(1)
-        else:
-            contribution = w.index_select(1, idx) @ mean.to(w)
-        if not exact:
-            report.inexact.append(
-                f"{name}: {len(idx)} removed input channel(s) carry a non-zero value that cannot be folded exactly "
-                "(padding, grouped convolution or a value that varies)"
-            )
-        if module.bias is None:
-            module.bias = nn.Parameter(torch.zeros(w.shape[0], dtype=w.dtype, device=w.device))
-        with torch.no_grad():
-            module.bias.add_(contribution)
-        report.folded.append(f"{name}: bias took the constant of {len(idx)} removed input channel(s)")
-
-
-def _max_diff(a: Any, b: Any) -> tuple[float, float]:
-    fa, fb = tree_flatten(a)[0], tree_flatten(b)[0]
-    worst_abs = worst_rel = 0.0
-    for x, y in zip(fa, fb):
-        if not isinstance(x, torch.Tensor):
-            continue
-        if x.shape != y.shape:
-            return float("inf"), float("inf")
-        if not x.is_floating_point():
-            worst_abs = max(worst_abs, float((x != y).any()))
-            continue
-        diff = float((x - y).abs().max()) if x.numel() else 0.0
-        worst_abs = max(worst_abs, diff)
-        worst_rel = max(worst_rel, diff / max(float(y.abs().max()), 1e-12) if y.numel() else 0.0)
-    return worst_abs, worst_rel
-
-
-def _kept_outputs(reference: Any, out: Any, graph: ChannelGraph, removed: torch.Tensor) -> Any:
-    """The reference outputs restricted to the positions that remain after pruning them."""
-    if not isinstance(reference, torch.Tensor) or not isinstance(out, torch.Tensor) or reference.shape == out.shape:
-        return reference
-    for use in graph.modules.values():
-        if use.out_ids is None or use.out_ids.numel() != reference.shape[-1]:
-            continue
-        keep = ~removed[graph.component[use.out_ids]]
-        if int(keep.sum()) == out.shape[-1]:
-            return reference[..., keep.to(reference.device)]
-    return reference
+def _apply_masks(model: nn.Module, masks: Mapping, undo: Undo) -> None:
+    """Make the parameters hold their masked values (attached masks and given ones);
+    the undo log restores the stored values and re-attaches the masks."""
+    attached = {n: dict(t) for n, t in get_masks(model).items()}
+    stored = [(original_parameter(get_module(model, n), t), m) for n, ts in attached.items() for t, m in ts.items()]
+    detach_masks(model, apply=False)
+    undo.add(lambda: attach_masks(model, attached))
+    given = [(getattr(get_module(model, n), t), m) for n, ts in masks.items() for t, m in ts.items()]
+    for p, mask in stored + given:
+        undo.set_data(p, p.data * mask.to(p.dtype))
 
 
 class ModelSpeedup:
     """Shrink a masked model in place so that it computes what the masked model computes.
+
+    Only what can be removed exactly is removed: channels whose masks leave a value that
+    still reaches another layer (a partial mask of a channel group, a BatchNorm shift
+    in front of a padded convolution) are kept, named in ``report.kept`` and in one
+    warning. Pruning with ``dummy_input=...`` gives masks that cover whole groups.
 
     Args:
         model: the model; masks may be attached to it (from ``compress()``) or given.
@@ -280,6 +119,11 @@ class ModelSpeedup:
         prune_outputs: also remove masked output channels of layers whose output is a
             model output (the output shape then changes). By default they are kept, with
             their weights zero, and listed in ``report.kept``.
+        optimizer: an optimizer over the model's parameters: its per-parameter state
+            (momentum, Adam moments) is sliced with the parameters, so training goes on.
+
+    Parameters keep their identity: a parameter object that shrinks is the same object
+    afterwards (its ``.data`` is replaced), so optimizers and references stay valid.
 
     Example:
         >>> import torch, torch.nn as nn
@@ -292,98 +136,94 @@ class ModelSpeedup:
     """
 
     def __init__(self, model: nn.Module, dummy_input: Any, masks: Mapping | None = None,
-                 tolerance: float = 1e-4, verify: bool = True, prune_outputs: bool = False) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"ModelSpeedup: model must be a torch.nn.Module; got {type(model).__name__}.")
+                 tolerance: float = 1e-4, verify: bool = True, prune_outputs: bool = False,
+                 optimizer: torch.optim.Optimizer | None = None) -> None:
+        _check_args(model, dummy_input, tolerance, verify, prune_outputs, optimizer)
         self.model = model
         self.dummy_input = dummy_input
         self.masks = check_masks(model, get_masks(model) if masks is None else masks)
-        self.tolerance = tolerance
+        self.tolerance = float(tolerance)
         self.verify = verify
         self.prune_outputs = prune_outputs
+        self.optimizer = optimizer
         self.report = SpeedupReport()
 
     def speedup_model(self) -> nn.Module:
         """Shrink the model in place and return it; see the module docstring for the steps.
 
         Raises:
+            TypeError: the model's output holds objects that cannot be compared.
             RuntimeError: the shrunk model's output differs from the masked model's by more
                 than ``tolerance`` (relative); the model is then left as it was.
         """
-        report = self.report
-        report.params_before = sum(p.numel() for p in self.model.parameters())
-        work = copy.deepcopy(self.model)
-        detach_masks(work, apply=True)
-        for name, targets in self.masks.items():  # masks given, not attached: apply them too
-            module = work.get_submodule(name)
-            with torch.no_grad():
-                for target, mask in targets.items():
-                    getattr(module, target).mul_(mask.to(getattr(module, target).dtype))
-        free = list(self.masks) if self.prune_outputs else ()
-        graph = trace_channels(work, self.dummy_input, record_inputs=True, free_outputs=free)
-        removed, extended = plan_removal(work, graph, self.masks, report)
-        modes = {m: m.training for m in work.modules()}
-        work.eval()
-        with torch.no_grad():
-            # A group the masks covered only in part: zero every parameter it touches, as
-            # the masks of a dependency-aware pruner would have.
-            for fqn, dims in graph.tensors.items():
-                owner, _, attr = fqn.rpartition(".")
-                tensor = getattr(work.get_submodule(owner), attr)
-                if not isinstance(tensor, nn.Parameter):
-                    continue
-                for d, ids in dims.items():
-                    hit = extended[graph.component[ids]]
-                    if bool(hit.any()):
-                        tensor.index_fill_(d, hit.nonzero().flatten().to(tensor.device), 0)
-            for name, _, ids in _producers(graph, work):
-                gone = int(removed[graph.component[ids]].sum())
-                if gone:
-                    report.removed[name] = gone
-        stats, reference = graph.input_stats, graph.output
-        if bool(extended.any()):  # zeroing changed the model: measure it again
-            stats, reference = _input_stats(work, list(stats), self.dummy_input)
-        _fold_constants(work, graph, removed, stats, report)
-        keep_of = lambda ids: ~removed[graph.component[ids]]  # noqa: E731
-        touched: set[str] = set()
-        for fqn, dims in graph.tensors.items():
-            owner, _, attr = fqn.rpartition(".")
-            module = work.get_submodule(owner)
-            old = getattr(module, attr)
-            new = _slice(old.detach(), dims, keep_of)
-            if new.shape == old.shape:
-                continue
-            touched.add(owner)
-            if isinstance(old, nn.Parameter):
-                setattr(module, attr, nn.Parameter(new.clone(), requires_grad=old.requires_grad))
-            else:
-                module._buffers[attr] = new.clone()
-        for owner in touched:
-            _update_attrs(work.get_submodule(owner))
-        with torch.no_grad():
-            out = call_with(work, self.dummy_input)
-        for m, mode in modes.items():
-            m.training = mode
-        if self.prune_outputs:  # the output shrank with its layer: compare the kept part
-            reference = _kept_outputs(reference, out, graph, removed)
-        report.max_abs_diff, report.max_rel_diff = _max_diff(out, reference)
-        report.params_after = sum(p.numel() for p in work.parameters())
-        if self.verify and not report.max_rel_diff <= self.tolerance:
-            hint = ""
-            if report.inexact:
-                hint = (" Removed channels still carry a constant (for example a BatchNorm bias) into a padded "
-                        "convolution, where it cannot be folded exactly; prune with dummy_input=... so the masks "
-                        "cover the whole channel group, norm layers included.")
-            raise RuntimeError(
-                f"ModelSpeedup: the shrunk model differs from the masked model by {report.max_rel_diff:.3g} "
-                f"(relative; tolerance {self.tolerance}); the model was left unchanged.{hint}\n{report}"
-            )
-        detach_masks(self.model, apply=True)
-        for owner in touched:
-            src, dst = work.get_submodule(owner), self.model.get_submodule(owner)
-            dst._parameters.update(src._parameters)
-            dst._buffers.update(src._buffers)
-            for attr in _ATTRS:
-                if hasattr(src, attr):
-                    setattr(dst, attr, getattr(src, attr))
-        return self.model
+        model, report = self.model, self.report
+        report.params_before = sum(p.numel() for p in model.parameters())
+        undo = Undo()
+        try:
+            _apply_masks(model, self.masks, undo)
+            free = list(self.masks) if self.prune_outputs else ()
+            graph = trace_channels(model, self.dummy_input, record_inputs=True, free_outputs=free)
+            plan = plan_removal(model, graph, self.masks)
+            report.kept, report.extended, report.not_shrunk = plan.kept, plan.extended, plan.not_shrunk
+            report.folded = [f"{f.module}: bias took the constant of {f.channels} removed input channel(s)"
+                             for f in plan.folds]
+            report.removed = apply_plan(model, graph, plan, undo, self.optimizer)
+            if self.verify:
+                modes = {m: m.training for m in model.modules()}
+                try:
+                    model.eval()
+                    with torch.no_grad():
+                        out = call_with(model, self.dummy_input)
+                finally:
+                    for m, mode in modes.items():
+                        m.training = mode
+                reference = _kept_outputs(graph, plan.removed) if self.prune_outputs else graph.output
+                report.max_abs_diff, report.max_rel_diff, report.where = compare_outputs(out, reference)
+                if not report.max_rel_diff <= self.tolerance:
+                    raise _Mismatch(
+                        f"ModelSpeedup: the shrunk model differs from the masked model by {report.max_rel_diff:.3g} "
+                        f"(relative, at {report.where}; tolerance {self.tolerance}); the model was left unchanged. "
+                        "Some op outside the known layers consumes the removed channels; prune with dummy_input=... "
+                        f"or exclude the layers named below.\n{report}"
+                    )
+        except BaseException as e:
+            undo.run()
+            if isinstance(e, _Mismatch):
+                raise RuntimeError(str(e)) from None
+            raise
+        report.params_after = sum(p.numel() for p in model.parameters())
+        lines = report.kept + report.not_shrunk
+        if lines:
+            shown = "; ".join(lines[:5]) + (f"; and {len(lines) - 5} more" if len(lines) > 5 else "")
+            warnings.warn(f"ModelSpeedup kept some masked channels (see report.kept / report.not_shrunk): {shown}",
+                          stacklevel=2)
+        return model
+
+
+class _Mismatch(Exception):
+    pass
+
+
+def _kept_outputs(graph, removed: torch.Tensor) -> Any:
+    """The reference output with the removed positions of pruned output layers dropped."""
+    sliced = {}
+    for path, dims in graph.output_ids.items():
+        index = {d: (~removed[graph.component[ids]]).nonzero().flatten() for d, ids in dims.items()}
+        sliced[path] = {d: i for d, i in index.items() if i.numel() != dims[d].numel()}
+    return _rebuild(graph.output, "output", sliced)
+
+
+def _rebuild(obj: Any, path: str, sliced: dict) -> Any:
+    if isinstance(obj, torch.Tensor):
+        for d, index in sliced.get(path, {}).items():
+            obj = obj.index_select(d, index.to(obj.device))
+        return obj
+    if isinstance(obj, Mapping):
+        return {k: _rebuild(v, f"{path}[{k!r}]", sliced) for k, v in obj.items()}
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.replace(obj, **{f.name: _rebuild(getattr(obj, f.name), f"{path}.{f.name}", sliced)
+                                           for f in dataclasses.fields(obj) if f.init})
+    if isinstance(obj, (list, tuple)):
+        items = [_rebuild(v, f"{path}[{i}]", sliced) for i, v in enumerate(obj)]
+        return type(obj)(*items) if hasattr(obj, "_fields") else type(obj)(items)
+    return obj

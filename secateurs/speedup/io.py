@@ -17,7 +17,7 @@ from safetensors.torch import load_model, save_model
 
 from .._files import read_tagged
 from ..targets import module_type_name
-from .engine import _ATTRS
+from ..layers import LAYERS
 
 _FORMAT = "secateurs.pruned-model/1"
 
@@ -26,7 +26,8 @@ def _describe(model: nn.Module) -> dict:
     modules = {}
     for name, module in model.named_modules():
         attrs = {}
-        for attr in _ATTRS:
+        family = LAYERS.family_of(module)
+        for attr in family.size_attrs if family is not None else ():
             value = getattr(module, attr, None)
             if isinstance(value, (int, tuple)) and not isinstance(value, bool):
                 attrs[attr] = list(value) if isinstance(value, tuple) else value
@@ -70,17 +71,22 @@ def load_pruned_model(model: nn.Module, path: str | os.PathLike) -> nn.Module:
             raise ValueError(
                 f"{path!r}: module {name!r} is {spec.get('type')} in the file but {module_type_name(module)} here."
             )
+        family = LAYERS.family_of(module)
         for attr, value in spec.get("attrs", {}).items():
-            if attr in _ATTRS:
+            if family is not None and attr in family.size_attrs:
                 setattr(module, attr, tuple(value) if isinstance(value, list) else int(value))
         for kind in ("parameters", "buffers"):
             store = module._parameters if kind == "parameters" else module._buffers
             for key, shape in spec.get(kind, {}).items():
                 old = store.get(key)
-                if old is None or list(old.shape) == shape:
+                if old is not None and list(old.shape) == shape:
                     continue
-                new = torch.empty(shape, dtype=old.dtype, device=old.device)
-                store[key] = nn.Parameter(new, requires_grad=old.requires_grad) if kind == "parameters" else new
+                if old is None and key not in store:
+                    continue  # not a slot of this module: load_model names it as unexpected
+                like = old if old is not None else next(iter(module.parameters()), torch.empty(0))
+                new = torch.empty(shape, dtype=like.dtype, device=like.device)
+                # A bias the speedup created (folding into a bias=False layer) fills the empty slot.
+                store[key] = nn.Parameter(new, requires_grad=like.requires_grad) if kind == "parameters" else new
     missing, unexpected = load_model(model, path, strict=False)
     if missing or unexpected:
         raise ValueError(f"{path!r} does not fit the model: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}.")

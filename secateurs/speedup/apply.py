@@ -1,0 +1,133 @@
+"""Apply a plan: slice every parameter and buffer in place, keeping parameter objects,
+update module attributes and optimizer state, and undo all of it on request."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn as nn
+
+from ..graph import ChannelGraph
+from ..layers import LAYERS
+from .plan import Plan
+
+
+_FOLLOWERS = ("batch_norm", "instance_norm", "group_norm", "prelu")  # they lose what their producer loses
+
+
+class Undo:
+    """A log of changes to reverse, newest first."""
+
+    def __init__(self) -> None:
+        self._steps: list[Callable[[], None]] = []
+
+    def add(self, step: Callable[[], None]) -> None:
+        self._steps.append(step)
+
+    def set_data(self, t: torch.Tensor, value: torch.Tensor) -> None:
+        old = t.data
+        self.add(lambda: setattr(t, "data", old))
+        t.data = value
+
+    def run(self) -> None:
+        for step in reversed(self._steps):
+            step()
+        self._steps.clear()
+
+
+def _owners(model: nn.Module) -> dict[str, list[tuple[nn.Module, str]]]:
+    """Tensor name -> every (module, attribute) holding that tensor (tied weights share)."""
+    by_id: dict[int, list[tuple[nn.Module, str]]] = {}
+    names: list[tuple[str, int]] = []
+    for mname, module in model.named_modules(remove_duplicate=False):
+        for attr, t in list(module._parameters.items()) + list(module._buffers.items()):
+            if t is not None:
+                by_id.setdefault(id(t), []).append((module, attr))
+                names.append((f"{mname}.{attr}" if mname else attr, id(t)))
+    return {name: by_id[key] for name, key in names}
+
+
+def _keep_index(ids: torch.Tensor, graph: ChannelGraph, removed: torch.Tensor) -> torch.Tensor | None:
+    keep = ~removed[graph.component[ids]]
+    return None if bool(keep.all()) else keep.nonzero().flatten()
+
+
+def _slice(t: torch.Tensor, dims: dict[int, torch.Tensor]) -> torch.Tensor:
+    for d, index in dims.items():
+        t = t.index_select(d, index.to(t.device))
+    return t
+
+
+def apply_plan(model: nn.Module, graph: ChannelGraph, plan: Plan, undo: Undo,
+               optimizer: torch.optim.Optimizer | None = None) -> dict[str, int]:
+    """Shrink ``model`` in place by ``plan``; every change is logged in ``undo``.
+
+    Returns:
+        module name -> output channels removed, for the report.
+    """
+    removed = plan.removed
+    owners = _owners(model)
+    for fold in plan.folds:  # into the bias before slicing: contributions are per original output
+        module = model.get_submodule(fold.module)
+        if module.bias is None:
+            w = module.weight
+            bias = nn.Parameter(torch.zeros(fold.contribution.shape[0], dtype=w.dtype, device=w.device))
+            module.bias = bias
+            undo.add(lambda m=module: m.register_parameter("bias", None))
+            use = graph.modules[fold.module]
+            graph.tensors[f"{fold.module}.bias"] = {0: use.out_ids}
+            owners[f"{fold.module}.bias"] = [(module, "bias")]
+        undo.set_data(module.bias, module.bias.data + fold.contribution.to(module.bias))
+    state = optimizer.state if optimizer is not None else {}
+    touched: set[int] = set()
+    touched_modules: dict[int, nn.Module] = {}
+    for fqn, dims in graph.tensors.items():
+        index = {d: k for d, ids in dims.items() if (k := _keep_index(ids, graph, removed)) is not None}
+        holders = owners.get(fqn)
+        if not index or not holders:
+            continue
+        module, attr = holders[0]
+        t = getattr(module, attr)
+        if id(t) in touched:
+            continue
+        touched.add(id(t))
+        old_shape = t.shape
+        if isinstance(t, nn.Parameter):
+            undo.set_data(t, _slice(t.data, index))
+            if t.grad is not None:
+                grad = t.grad
+                undo.add(lambda t=t, g=grad: setattr(t, "grad", g))
+                t.grad = _slice(grad, index) if grad.shape == old_shape else None
+            for key, value in list(state.get(t, {}).items()):
+                if isinstance(value, torch.Tensor) and value.shape == old_shape:
+                    undo.add(lambda s=state[t], k=key, v=value: s.__setitem__(k, v))
+                    state[t][key] = _slice(value, index)
+        else:
+            new = _slice(t, index)
+            for m, a in holders:
+                undo.add(lambda m=m, a=a, v=t: m._buffers.__setitem__(a, v))
+                m._buffers[a] = new
+        for m, _ in holders:
+            touched_modules[id(m)] = m
+    removed_out: dict[str, int] = {}
+    names = {id(m): n for n, m in model.named_modules()}
+    for module in touched_modules.values():
+        family = LAYERS.family_of(module)
+        if family is None:
+            continue
+        name = names.get(id(module), "")
+        use = graph.modules.get(name)
+        n_in = n_out = None
+        if use is not None:
+            if use.in_ids is not None:
+                n_in = int((~removed[graph.component[use.in_ids]]).sum())
+            if use.out_ids is not None:
+                n_out = int((~removed[graph.component[use.out_ids]]).sum())
+                gone = use.out_ids.numel() - n_out
+                if gone and family.name not in _FOLLOWERS:
+                    removed_out[name] = gone
+        attrs = {k: v for k, v in vars(module).items() if not k.startswith("_")}
+        undo.add(lambda m=module, a=attrs: m.__dict__.update(a))
+        family.update_attrs(module, n_in, n_out)
+    return removed_out
