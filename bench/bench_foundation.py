@@ -90,6 +90,15 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, 2 torch threads, Python {platform.python_version()}, torch {torch.__version__}"
 
 
+def revision() -> str:
+    """The git revision the benchmark ran on (with "+ uncommitted changes" when dirty)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    rev = git("rev-parse", "--short", "HEAD") or "unknown"
+    return rev + (" + uncommitted changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
 def write_section(path: str, key: str, text: str) -> None:
     """Replace the section between ``<!-- key -->`` markers in ``path`` (or append it)."""
     start, end = f"<!-- {key} start -->", f"<!-- {key} end -->"

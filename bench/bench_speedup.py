@@ -154,18 +154,33 @@ def main(argv: list[str]) -> None:
     if argv[:1] == ["--worker"]:
         print(json.dumps(worker(argv[1], argv[2], argv[3] == "1")))
         return
-    from bench_foundation import machine, write_section
+    from bench_foundation import machine, revision, write_section
 
+    rounds = int(os.environ.get("BENCH_ROUNDS", "7"))
+    runs: dict[str, list[dict]] = {"secateurs": [], "torch-pruning": [], "nni": []}
+    for k in range(rounds):  # interleaved, so both see the same machine load
+        for lib in ("secateurs", "torch-pruning") if k else ("secateurs", "torch-pruning", "nni"):
+            r = fresh(lib, "resnet50", "0")
+            print(lib, r, flush=True)
+            runs[lib].append(r)
     shrink_rows = []
-    for lib in ("secateurs", "nni", "torch-pruning"):
-        r = fresh(lib, "resnet50", "0")
-        print(lib, r, flush=True)
-        if "error" in r:
-            shrink_rows.append(f"| {lib} | failed: {r['error']} | | | |")
+    medians = {}
+    for lib, results in runs.items():
+        ok = [r for r in results if "error" not in r]
+        if not ok:
+            shrink_rows.append(f"| {lib} | failed: {results[0]['error']} | | | | |")
             continue
+        prune = statistics.median(r["prune_s"] for r in ok)
+        speed = statistics.median(r["speedup_s"] for r in ok)
+        medians[lib] = total = statistics.median(r["prune_s"] + r["speedup_s"] for r in ok)
+        r = ok[0]
         diff = f"{r['max_rel_diff']:.2e}" if "max_rel_diff" in r else "n/a"
-        shrink_rows.append(f"| {lib} | {r['prune_s']:.2f} | {r['speedup_s']:.2f} | "
+        shrink_rows.append(f"| {lib} | {len(ok)} | {prune:.2f} | {speed:.2f} | {total:.2f} | "
                            f"{r['params_before'] / 1e6:.2f} M -> {r['params_after'] / 1e6:.2f} M | {diff} |")
+    ratio = medians["secateurs"] / medians["torch-pruning"] if {"secateurs", "torch-pruning"} <= set(medians) else None
+    per_round = [a["prune_s"] + a["speedup_s"] for a in runs["secateurs"] if "error" not in a]
+    tp_round = [b["prune_s"] + b["speedup_s"] for b in runs["torch-pruning"] if "error" not in b]
+    ratios = sorted(a / b for a, b in zip(per_round, tp_round))
     lat_rows = []
     for name in ("resnet18", "resnet50"):
         res = {lib: fresh(lib, name, "1") for lib in ("dense", "secateurs", "torch-pruning")}
@@ -184,20 +199,27 @@ def main(argv: list[str]) -> None:
                     f"({macs_ratio:.2f}x) | {dense[key]['1']:.1f} -> {r[key]['1']:.1f} ({l1:.2f}x) | "
                     f"{dense[key]['32']:.0f} -> {r[key]['32']:.0f} ({l32:.2f}x) |"
                 )
+    ratio_line = "" if ratio is None else (
+        f"secateurs (masks with `dummy_input` + ModelSpeedup) over Torch-Pruning (graph build + pruning), "
+        f"median total time: **{ratio:.2f}x** (per round: {', '.join(f'{q:.2f}' for q in ratios)}).")
     text = f"""## Speedup engine on resnet50 and resnet18
 
-Command: `.venv-bench/bin/python bench/bench_speedup.py` (run {time.strftime('%Y-%m-%d')})
+Command: `.venv-bench/bin/python bench/bench_speedup.py` (run {time.strftime('%Y-%m-%d')}, source revision
+{revision()})
 Machine: {machine()}.
 Half of every Conv2d's output channels removed (L1 norm; the classifier's outputs kept).
-Each row is one fresh process.
+Each run is one fresh process; secateurs and Torch-Pruning are interleaved over {rounds} rounds (NNI,
+at about 25 s a run, once), medians shown.
 
 Shrinking resnet50 (`prune s` = computing masks, or Torch-Pruning's graph build;
 `speedup s` = making the smaller model; difference = largest |shrunk - masked| output
 over the largest |masked| output, on a 1x3x224x224 input, BatchNorm with non-zero statistics and biases):
 
-| library | prune s | speedup s | parameters | masked vs shrunk |
-|---|---|---|---|---|
-""" + "\n".join(shrink_rows) + """
+| library | runs | prune s | speedup s | total s | parameters | masked vs shrunk |
+|---|---|---|---|---|---|---|
+""" + "\n".join(shrink_rows) + f"""
+
+{ratio_line}
 
 CPU latency, 2 threads, median (batch 1: 15 runs, batch 32: 5 runs), 224x224 input; MACs from
 `count_flops_params` (multiply-accumulates). The MACs ratio is the limit for the latency ratio.

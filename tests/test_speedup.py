@@ -1,6 +1,7 @@
 """ModelSpeedup and dependency-aware pruning on known cases: the shrunk model computes
 exactly what the masked model computed."""
 
+import dataclasses
 import warnings
 
 import pytest
@@ -468,3 +469,108 @@ def test_a_second_dependency_aware_pruning_on_a_masked_model_keeps_masks_consist
     expected = model(x)
     ModelSpeedup(model, x).speedup_model()
     assert model.stem.out_channels == 8 and torch.allclose(model(x), expected, atol=1e-5)
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv2(F.relu(self.bn1(self.conv1(x))))
+
+
+@pytest.mark.parametrize("opt_class", [torch.optim.SGD, torch.optim.Adam])
+def test_parameters_keep_their_identity_and_the_optimizer_state_is_sliced(opt_class):
+    torch.manual_seed(0)
+    model = _randomise_bn(Block())
+    x = torch.randn(4, 3, 6, 6)
+    opt = opt_class(model.parameters(), lr=0.01, **({"momentum": 0.9} if opt_class is torch.optim.SGD else {}))
+    for _ in range(2):
+        opt.zero_grad()
+        model(x).square().mean().backward()
+        opt.step()
+    model.eval()
+    before = {n: p for n, p in model.named_parameters()}
+    state_before = {n: {k: v.clone() for k, v in opt.state[p].items() if torch.is_tensor(v)} for n, p in before.items()}
+    _, masks = L1NormPruner(model, [{"op_names": ["conv1"], "sparse_ratio": 0.5}], dummy_input=x).compress()
+    keep = masks["conv1"]["weight"].flatten(1).all(1)
+    ModelSpeedup(model, x, masks, optimizer=opt).speedup_model()
+    after = dict(model.named_parameters())
+    assert all(after[n] is p for n, p in before.items())  # the same objects, now smaller
+    assert model.conv1.weight.shape[0] == 4 and model.conv2.weight.shape[1] == 4
+    for key, old in state_before["conv1.weight"].items():
+        if old.dim():
+            assert torch.equal(opt.state[model.conv1.weight][key], old[keep])
+    for key, old in state_before["conv2.weight"].items():
+        if old.dim():
+            assert torch.equal(opt.state[model.conv2.weight][key], old[:, keep])
+    model.train()
+    opt.zero_grad()
+    model(x).square().mean().backward()
+    opt.step()  # fine-tuning goes on with the same optimizer
+
+
+@pytest.mark.parametrize(("kwargs", "error", "match"), [
+    ({"tolerance": -1.0}, ValueError, "tolerance"),
+    ({"tolerance": "small"}, ValueError, "tolerance"),
+    ({"verify": "yes"}, TypeError, "verify"),
+    ({"prune_outputs": 1}, TypeError, "prune_outputs"),
+    ({"optimizer": object()}, TypeError, "optimizer"),
+])
+def test_speedup_arguments_are_validated(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        ModelSpeedup(Block(), torch.randn(1, 3, 6, 6), {}, **kwargs)
+
+
+@dataclasses.dataclass
+class Prediction:
+    logits: torch.Tensor
+    label: torch.Tensor
+
+
+class DataclassOutput(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 8), nn.Linear(8, 6)
+
+    def forward(self, x):
+        logits = self.fc2(F.relu(self.fc1(x)))
+        return Prediction(logits, logits.argmax(-1))
+
+
+def test_outputs_inside_dataclasses_are_protected_and_compared_exactly_for_integers():
+    torch.manual_seed(0)
+    model = DataclassOutput().eval()
+    x = torch.randn(5, 4)
+    pruner = L1NormPruner(model, [{"op_types": ["Linear"], "sparse_ratio": 0.5}], dummy_input=x)
+    _, masks = pruner.compress()
+    assert bool(masks["fc2"]["weight"].any(1).all())  # no output row of the output layer is pruned
+    with torch.no_grad():
+        expected = model(x)
+    speedup = ModelSpeedup(model, x, masks)
+    speedup.speedup_model()
+    out = model(x)
+    assert out.logits.shape == (5, 6) and model.fc1.out_features == 4
+    assert torch.equal(out.label, expected.label) and speedup.report.max_rel_diff <= 1e-6
+
+
+class OpaqueOutput(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return object.__new__(type("Box", (), {"value": self.fc(x)}))
+
+
+def test_an_output_the_tracer_cannot_see_into_is_refused_before_anything_changes():
+    model = OpaqueOutput()
+    with pytest.raises(TypeError, match="returns a Box"):
+        L1NormPruner(model, [{"op_types": ["Linear"], "sparse_ratio": 0.5}], dummy_input=torch.randn(2, 4))
+    mask = {"fc": {"weight": torch.arange(16).reshape(4, 4) >= 8}}
+    attach_masks(model, mask)
+    with pytest.raises(TypeError, match="returns a Box"):
+        ModelSpeedup(model, torch.randn(2, 4)).speedup_model()
+    assert get_masks(model)["fc"]["weight"].equal(mask["fc"]["weight"])  # still attached, model unchanged

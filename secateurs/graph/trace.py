@@ -274,7 +274,11 @@ class Tracer:
         name = self.module_names.get(id(module), "?")
         x = args[0] if args else next(iter(kwargs.values()), None)
         use = ModuleUse(name, module_type_name(module), family=family.name)
-        out_ann = family.trace(self, module, name, x, args, kwargs, out, use)
+        try:
+            out_ann = family.trace(self, module, name, x, args, kwargs, out, use)
+        except Exception as e:  # a call the family does not understand: refuse its channels, never crash
+            self.unknown_op(f"{name} ({type(e).__name__} in the {family.name} rule: {e})", [x])
+            return
         self.rules_used.add(family.name)
         self._remember(use, x, out)
         if out_ann is not None:
@@ -337,7 +341,10 @@ class Tracer:
             return
         rule_name, rule = found
         self.rules_used.add(rule_name)
-        rule(self, name, args, kwargs, out)
+        try:
+            rule(self, name, args, kwargs, out)
+        except Exception as e:  # a call the rule does not understand: refuse its channels, never crash
+            self.unknown_op(f"{name} ({type(e).__name__} in its rule: {e})", tensors_in)
 
     # -- result --------------------------------------------------------------------------
     def finish(self, outputs: Any, free_outputs: Any = ()) -> ChannelGraph:
@@ -502,7 +509,16 @@ def trace_channels(
     try:
         model.eval()
         with torch.no_grad(), _Recorder(tracer):
-            outputs = call_with(model, example)
+            try:
+                outputs = call_with(model, example)
+            except Exception as e:
+                message = (f"{type(model).__name__}'s forward failed on the example input, so it cannot be traced "
+                           f"(nothing was changed): {type(e).__name__}: {e}")
+                try:
+                    wrapped = type(e)(message)
+                except Exception:  # an exception type with its own constructor
+                    wrapped = RuntimeError(message)
+                raise wrapped from e
     finally:
         for h in handles:
             h.remove()
