@@ -70,14 +70,15 @@ def _sources(model: nn.Module, graph: ChannelGraph, masks: Mapping) -> tuple[tor
     shift are both masked there (Network Slimming's masks), which outputs zero.
     """
     n_comp = graph.fixed.numel()
+    # Masks by tensor, so a tied weight's mask is found from every module that holds it.
+    by_tensor = {id(getattr(model.get_submodule(n), t)): m for n, ts in masks.items() for t, m in ts.items()}
     wanted = torch.zeros(n_comp, dtype=torch.bool)
     live = torch.zeros(n_comp, dtype=torch.bool)
     silent_norm: dict[str, torch.Tensor] = {}
     for name, use in graph.modules.items():
         module = model.get_submodule(name)
         if use.family in _FOLLOWERS and use.out_ids is not None:
-            targets = masks.get(name, {})
-            w, b = targets.get("weight"), targets.get("bias")
+            w, b = (by_tensor.get(id(getattr(module, t, None))) for t in ("weight", "bias"))
             if w is not None and w.dim() == 1 and (b is not None or getattr(module, "bias", None) is None):
                 silent = ~w if b is None else ~w & ~b
                 wanted[graph.component[use.out_ids][silent]] = True
@@ -96,7 +97,7 @@ def _sources(model: nn.Module, graph: ChannelGraph, masks: Mapping) -> tuple[tor
         if out_dim is None or weight is None or weight.shape[out_dim] != use.out_ids.numel():
             live[graph.component[use.out_ids]] = True  # makes channels we cannot see the rows of
             continue
-        mask = masks.get(name, {}).get("weight")
+        mask = by_tensor.get(id(weight))
         masked = _channel_zero(mask, out_dim) if mask is not None else torch.zeros(use.out_ids.numel(), dtype=torch.bool)
         wanted[graph.component[use.out_ids][masked]] = True
         silenced = masked.clone()
