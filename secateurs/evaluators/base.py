@@ -59,6 +59,10 @@ class Evaluator:
     Args:
         dummy_input: example inputs for dependency-aware pruning, used by pruners that
             are not given their own ``dummy_input``.
+
+    Attributes:
+        steps_run: optimizer steps the last :meth:`train` call ran (a pruner checks that
+            the user's loop did not stop before the steps it asked for).
     """
 
     def __init__(self, dummy_input: Any = None) -> None:
@@ -69,6 +73,7 @@ class Evaluator:
         self._after_step: list[Callable[[], None]] = []
         self._handles: list[Any] = []
         self._steps_left: int | None = None
+        self.steps_run = 0
 
     # -- what pruners call ---------------------------------------------------------------
     @contextmanager
@@ -119,6 +124,7 @@ class Evaluator:
         if max_steps is None and max_epochs is None:
             raise ValueError(f"{type(self).__name__}.train: give 'max_steps' or 'max_epochs'.")
         self._steps_left = max_steps
+        self.steps_run = 0
         try:
             self._train(max_steps, max_epochs)
         except StopTraining:
@@ -157,6 +163,7 @@ class Evaluator:
     def _run_after_step(self) -> None:
         for task in self._after_step:
             task()
+        self.steps_run += 1
         if self._steps_left is not None:
             self._steps_left -= 1
             if self._steps_left <= 0:
