@@ -574,3 +574,15 @@ def test_an_output_the_tracer_cannot_see_into_is_refused_before_anything_changes
     with pytest.raises(TypeError, match="returns a Box"):
         ModelSpeedup(model, torch.randn(2, 4)).speedup_model()
     assert get_masks(model)["fc"]["weight"].equal(mask["fc"]["weight"])  # still attached, model unchanged
+
+
+def test_the_speedup_page_lists_every_layer_family_and_op_rule():
+    from pathlib import Path
+
+    from secateurs.graph import OP_RULES
+    from secateurs.layers import LAYERS
+
+    page = (Path(__file__).resolve().parent.parent / "docs" / "speedup.md").read_text()
+    table = page[page.index("## What is understood"):page.index("## Refusals")]
+    missing = [n for n in LAYERS.names() + OP_RULES.names() if f"`{n}`" not in table]
+    assert not missing, f"docs/speedup.md does not describe {missing}"
