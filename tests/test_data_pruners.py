@@ -203,3 +203,31 @@ def test_bad_arguments_are_named(bad):
     key = next(iter(bad))
     with pytest.raises((TypeError, ValueError), match=key):
         ActivationAPoZRankPruner(model, [{"op_names": ["0"], "sparse_ratio": 0.5}], **args)
+
+
+class FourNorms(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 1)
+        self.bn1, self.bn2, self.bn3, self.bn4 = (nn.BatchNorm2d(8) for _ in range(4))
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):
+        y = self.conv(x)
+        y = self.bn4(self.bn3(self.bn2(self.bn1(y))))
+        return self.head(F.relu(y).mean((2, 3)))
+
+
+def test_slim_ranks_each_config_at_its_own_ratio():
+    torch.manual_seed(0)
+    model = FourNorms()
+    with torch.no_grad():  # bn1/bn2 and bn3/bn4 have very different scales
+        for i, bn in enumerate((model.bn1, model.bn2, model.bn3, model.bn4)):
+            bn.weight.copy_(torch.linspace(0.1, 1.0, 8) * (10.0 ** i))
+    config = [{"op_names": ["bn1", "bn2"], "sparse_ratio": 0.25}, {"op_names": ["bn3", "bn4"], "sparse_ratio": 0.75}]
+    pruner = SlimPruner(model, config, _evaluator(model, _image_data()), training_steps=2, regular_scale=0.0)
+    _, masks = pruner.compress()
+    pruned = {n: int((~masks[n]["weight"]).sum()) for n in ("bn1", "bn2", "bn3", "bn4")}
+    assert pruned["bn1"] + pruned["bn2"] == 4  # floor(16 * 0.25), ranked across bn1 and bn2
+    assert pruned["bn3"] + pruned["bn4"] == 12  # floor(16 * 0.75), ranked across bn3 and bn4
+    assert pruned["bn1"] == 4 and pruned["bn3"] == 7  # the smaller scales of each group go first

@@ -219,7 +219,8 @@ class SlimPruner(DataPruner):
     applied to ``gamma`` through the user's SGD, would shrink every ``gamma`` by
     ``lr * regular_scale / layers`` a step and wreck the network at the default scale.
     Then the channels with the smallest ``|factor|`` are pruned, ranked globally across
-    the targets (as in the paper) unless a config gives its own ``global_group_id``.
+    the targets of each config entry (as in the paper), at that entry's ``sparse_ratio``,
+    unless the config gives its own ``global_group_id``.
 
     With ``dummy_input`` the masks cover the whole channel group. Without it, masks on a
     norm layer cover its weight and bias, and :class:`~secateurs.ModelSpeedup` still
@@ -241,9 +242,10 @@ class SlimPruner(DataPruner):
         self._require_channels()
 
     def _adjust_settings(self, settings: dict[str, ModuleSetting]) -> dict[str, ModuleSetting]:
+        # One global ranking per config entry, so each entry's ratio is honoured.
         return {
             name: s if s.global_group_id is not None or s.sparse_threshold is not None
-            else dataclasses.replace(s, global_group_id="__slim__")
+            else dataclasses.replace(s, global_group_id=f"__slim__{s.config_index}")
             for name, s in settings.items()
         }
 
