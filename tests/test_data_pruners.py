@@ -231,3 +231,33 @@ def test_slim_ranks_each_config_at_its_own_ratio():
     assert pruned["bn1"] + pruned["bn2"] == 4  # floor(16 * 0.25), ranked across bn1 and bn2
     assert pruned["bn3"] + pruned["bn4"] == 12  # floor(16 * 0.75), ranked across bn3 and bn4
     assert pruned["bn1"] == 4 and pruned["bn3"] == 7  # the smaller scales of each group go first
+
+
+@pytest.mark.parametrize("cls", [ActivationAPoZRankPruner, ActivationMeanRankPruner, TaylorFOWeightPruner, SlimPruner])
+def test_a_training_loop_that_stops_early_is_an_error_saying_how_far_it_got(cls):
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2))
+    data = _data(n=2)
+
+    def short(model, optimizers, training_step, lr_schedulers, max_steps, max_epochs):
+        for batch in data:  # one epoch of two batches, whatever max_steps says
+            optimizers.zero_grad()
+            training_step(batch, model).backward()
+            optimizers.step()
+
+    evaluator = _evaluator(model, data)
+    evaluator.training_func = short
+    op = "BatchNorm1d" if cls is SlimPruner else "Linear"
+    pruner = cls(model, [{"op_types": [op], "sparse_ratio": 0.5}], evaluator, training_steps=5)
+    with pytest.raises(RuntimeError, match=r"ran 2 of the 5 optimizer steps"):
+        pruner.compress()
+    assert evaluator.steps_run == 2 and not pruner.masks
+
+
+def test_the_evaluator_counts_the_steps_it_ran():
+    model, data = _mlp(), _data()
+    evaluator = _evaluator(model, data)
+    with evaluator.session(model):
+        evaluator.train(max_steps=3)
+        assert evaluator.steps_run == 3
+        evaluator.train(max_steps=1)
+        assert evaluator.steps_run == 1

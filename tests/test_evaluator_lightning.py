@@ -99,6 +99,7 @@ def test_train_applies_patches_for_exact_steps_then_restores(dict_output: bool) 
     assert len(after) == 3
     assert len(seen) == 3 and all(loss > 0 for loss in seen)
     assert trainer.global_step == 3
+    assert ev.steps_run == 3  # what a pruner checks against its training_steps
     assert isinstance(accuracy, float) and 0.0 <= accuracy <= 1.0
     assert _snapshot(trainer, model) == before
     assert trainer.callbacks is before["callbacks"]

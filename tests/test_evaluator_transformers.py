@@ -109,6 +109,7 @@ def test_train_applies_patches_for_exact_steps_then_restores(trainer) -> None:
     assert len(after) == 3
     assert len(seen) == 3 and all(loss > 0 for loss in seen)  # evaluation losses are not patched
     assert trainer.state.global_step == 3
+    assert ev.steps_run == 3  # what a pruner checks against its training_steps
     assert isinstance(score, float) and score < 0.0  # -eval_loss
     assert _trainer_snapshot(trainer) == before
     assert "compute_loss" not in trainer.__dict__

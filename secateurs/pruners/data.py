@@ -72,11 +72,23 @@ class DataPruner(Pruner):
         """Turn gathered sums into scores once training is over (after the all-reduce)."""
 
     def compress(self) -> tuple[nn.Module, Masks]:
-        """Train ``training_steps`` steps gathering statistics, then compute and attach masks."""
+        """Train ``training_steps`` steps gathering statistics, then compute and attach masks.
+
+        Raises:
+            RuntimeError: the training loop stopped before ``training_steps`` optimizer
+                steps, or gathered nothing for a target.
+        """
         self.stats = {}
         with self.evaluator.session(self.model) as evaluator:
             self._install(evaluator)
             evaluator.train(max_steps=self.training_steps)
+            ran = evaluator.steps_run
+        if ran < self.training_steps:
+            raise RuntimeError(
+                f"{type(self).__name__}: the training loop ran {ran} of the {self.training_steps} optimizer steps "
+                "asked for ('training_steps'), so the statistics would be incomplete; give the loop enough data "
+                "(or epochs) for that many steps, or lower 'training_steps'."
+            )
         missing = [f"{m}.{n}" for m, n in ((t.module_name, t.name) for t in self.targets if t.name == "weight")
                    if (m, n) not in self.stats]
         if missing:
