@@ -387,29 +387,19 @@ def resolve(
 
 
 def _check_groups(chosen: Mapping[str, ModuleSetting]) -> None:
-    first_of_dep: dict[Any, ModuleSetting] = {}
+    """Members of a global group must agree on their ratio or threshold. (Dependency
+    groups, declared or traced, are checked where they are built: secateurs.pruners.dependency.)"""
+    seen: dict[Any, ModuleSetting] = {}
     for setting in chosen.values():
-        if setting.dependency_group_id is None:
+        gid = setting.global_group_id
+        if gid is None:
             continue
-        first = first_of_dep.setdefault(setting.dependency_group_id, setting)
-        if first.global_group_id != setting.global_group_id:
+        first = seen.setdefault(gid, setting)
+        if (first.sparse_ratio, first.sparse_threshold) != (setting.sparse_ratio, setting.sparse_threshold):
             raise ValueError(
-                f"dependency_group_id {setting.dependency_group_id!r}: every member must be in the same "
-                f"global group; {first.module_name!r} has global_group_id {first.global_group_id!r} but "
-                f"{setting.module_name!r} has {setting.global_group_id!r}."
+                f"global_group_id {gid!r}: every member must have the same sparse ratio or threshold; "
+                f"config_list[{first.config_index}] gives {first.module_name!r} "
+                f"sparse_ratio={first.sparse_ratio}, sparse_threshold={first.sparse_threshold} but "
+                f"config_list[{setting.config_index}] gives {setting.module_name!r} "
+                f"sparse_ratio={setting.sparse_ratio}, sparse_threshold={setting.sparse_threshold}."
             )
-    for key in ("global_group_id", "dependency_group_id"):
-        seen: dict[Any, ModuleSetting] = {}
-        for setting in chosen.values():
-            gid = getattr(setting, key)
-            if gid is None:
-                continue
-            first = seen.setdefault(gid, setting)
-            if (first.sparse_ratio, first.sparse_threshold) != (setting.sparse_ratio, setting.sparse_threshold):
-                raise ValueError(
-                    f"{key} {gid!r}: every member must have the same sparse ratio or threshold; "
-                    f"config_list[{first.config_index}] gives {first.module_name!r} "
-                    f"sparse_ratio={first.sparse_ratio}, sparse_threshold={first.sparse_threshold} but "
-                    f"config_list[{setting.config_index}] gives {setting.module_name!r} "
-                    f"sparse_ratio={setting.sparse_ratio}, sparse_threshold={setting.sparse_threshold}."
-                )

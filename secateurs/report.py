@@ -21,6 +21,7 @@ class ReportRow:
     numel: int
     pruned: int
     config_index: int | None
+    note: str | None = None
 
     @property
     def sparsity(self) -> float:
@@ -32,7 +33,8 @@ class SparsityReport:
     """Rows per masked tensor plus totals.
 
     Attributes:
-        rows: one per (module, target) mask.
+        rows: one per (module, target) mask, and one per selected tensor that stays
+            unpruned, with a ``note`` saying why.
         model_params: parameters in the whole model.
     """
 
@@ -68,7 +70,8 @@ class SparsityReport:
         }
 
     def __str__(self) -> str:
-        header = ("module", "type", "target", "shape", "sparsity", "config")
+        noted = any(r.note for r in self.rows)
+        header = ("module", "type", "target", "shape", "sparsity", "config") + (("note",) if noted else ())
         lines = [
             (
                 r.module_name,
@@ -77,7 +80,7 @@ class SparsityReport:
                 "x".join(map(str, r.shape)),
                 f"{r.sparsity:.2%}",
                 "-" if r.config_index is None else f"[{r.config_index}]",
-            )
+            ) + ((r.note or "",) if noted else ())
             for r in self.rows
         ]
         widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(header)]
@@ -95,13 +98,22 @@ def sparsity_report(
     model: nn.Module,
     masks: Mapping[str, Mapping[str, torch.Tensor]],
     settings: Mapping[str, ModuleSetting] | None = None,
+    notes: Mapping[tuple[str, str], str] | None = None,
 ) -> SparsityReport:
     """Build a :class:`SparsityReport` for ``masks`` on ``model``.
 
     Args:
         settings: the pruner's resolved settings; when given, each row names its config.
+        notes: (module name, target name) -> why that selected tensor is (partly) not
+            pruned; a tensor without a mask gets a row of its own, with nothing pruned.
     """
     rows = []
+    notes = dict(notes or {})
+    masks = {name: dict(targets) for name, targets in masks.items()}
+    for module_name, target in notes:
+        if target not in masks.get(module_name, {}):
+            tensor = getattr(get_module(model, module_name), target)
+            masks.setdefault(module_name, {})[target] = torch.ones(tensor.shape, dtype=torch.bool)
     for module_name, targets in masks.items():
         module = get_module(model, module_name)
         setting = (settings or {}).get(module_name)
@@ -115,6 +127,7 @@ def sparsity_report(
                     numel=mask.numel(),
                     pruned=int(mask.numel() - torch.count_nonzero(mask)),
                     config_index=None if setting is None else setting.config_index,
+                    note=notes.get((module_name, target)),
                 )
             )
     params = sum(p.numel() for p in model.parameters())

@@ -13,7 +13,11 @@ lowest scored; ties go to the lower index. A global group prunes ``floor(N * r)`
 the ``N`` units of all its slots together, ranking them in one order, while every slot
 stays within ``[floor(n_i * min_sparse_ratio), floor(n_i * max_sparse_ratio)]`` (by
 default a slot in a global group keeps at least one unit). A ``sparse_threshold``
-prunes the units scored strictly below it, within the same bounds.
+prunes the units scored strictly below it, within the same bounds. No count ever
+exceeds a ``max_sparse_ratio``; bounds that contradict each other raise.
+
+Units already pruned by an attached mask come in with the score ``-inf`` (the pruners
+do that), so they are the first of the ``floor(n * r)``.
 
 Everything is vectorised over units; Python loops run over slots only.
 """
@@ -122,53 +126,59 @@ class Slot:
     max_count: int
 
 
-def _bounds(n: int, settings: Sequence[ModuleSetting], in_global_group: bool) -> tuple[int, int]:
-    low = max(math.floor(n * (s.min_sparse_ratio or 0.0)) for s in settings)
-    highs = [math.floor(n * s.max_sparse_ratio) for s in settings if s.max_sparse_ratio is not None]
-    if highs:
-        high = min(highs)
-    else:
-        high = n - 1 if in_global_group else n
-    return low, max(high, low)
+def _bounds(n: int, members: Sequence[tuple[int, ModuleSetting]], in_global_group: bool,
+            where: str = "") -> tuple[int, int]:
+    """Bounds ``(min_count, max_count)`` on the pruned units of a slot of ``n`` units.
+
+    Args:
+        members: ``(units it covers, setting)`` of every tensor sharing the slot; each
+            member's ``min_sparse_ratio`` and ``max_sparse_ratio`` count over its own units,
+            so the slot never prunes more than any member's ``max_sparse_ratio`` allows.
+        in_global_group: without a ``max_sparse_ratio``, a slot in a global group keeps
+            at least one unit (an explicit ``min_sparse_ratio`` may ask for more).
+        where: names the slot in messages.
+
+    Raises:
+        ValueError: a member's ``min_sparse_ratio`` needs more pruned units than another's
+            ``max_sparse_ratio`` allows.
+    """
+    low = max(math.floor(c * (s.min_sparse_ratio or 0.0)) for c, s in members)
+    highs = [math.floor(c * s.max_sparse_ratio) for c, s in members if s.max_sparse_ratio is not None]
+    if not highs:
+        return low, max(n - 1 if in_global_group else n, low)
+    high = min(highs)
+    if low > high:
+        raise ValueError(
+            f"{where or 'a slot'}: min_sparse_ratio asks to prune at least {low} of {n} units but "
+            f"max_sparse_ratio allows at most {high}."
+        )
+    return low, high
 
 
 def make_slots(scored: Sequence[tuple[tuple[str, str], torch.Tensor, ModuleSetting]]) -> list[Slot]:
-    """Group scored targets into slots: one per target, one per dependency group.
+    """One slot per target that is ranked on its own (dependency groups are built by
+    :mod:`secateurs.pruners.dependency`).
 
     Args:
         scored: ((module name, target name), unit scores, setting) for every target.
 
     Raises:
-        ValueError: members of a dependency group have different numbers of units.
+        ValueError: the scores contain NaN.
     """
-    groups: dict[object, list] = {}
-    slots: list[tuple[list, list]] = []
-    for key, scores, setting in scored:
-        if torch.isnan(scores.sum()) and torch.isnan(scores).any():
-            raise ValueError(f"the scores of {key[0]}.{key[1]} contain NaN; check the model's weights.")
-        gid = setting.dependency_group_id
-        if gid is None:
-            slots.append(([key], [(scores, setting)]))
-        elif gid in groups:
-            groups[gid][0].append(key)
-            groups[gid][1].append((scores, setting))
-        else:
-            groups[gid] = ([key], [(scores, setting)])
-            slots.append(groups[gid])
     out = []
-    for keys, members in slots:
-        shapes = {tuple(s.shape) for s, _ in members}
-        if len(shapes) > 1:
-            sizes = ", ".join(f"{k[0]}.{k[1]} has {tuple(s.shape)}" for k, (s, _) in zip(keys, members))
-            raise ValueError(
-                f"dependency_group_id {members[0][1].dependency_group_id!r}: members must have the same "
-                f"number of units to share channel indices; {sizes}."
-            )
-        settings = [st for _, st in members]
-        scores = members[0][0].float() if len(members) == 1 else torch.stack([s.float() for s, _ in members]).sum(0)
-        low, high = _bounds(scores.shape[-1], settings, settings[0].global_group_id is not None)
-        out.append(Slot(keys, scores, settings[0], low, high))
+    for key, scores, setting in scored:
+        check_scores(key, scores)
+        where = f"{key[0]}.{key[1]}"
+        low, high = _bounds(scores.shape[-1], [(scores.shape[-1], setting)], setting.global_group_id is not None,
+                            where)
+        out.append(Slot([key], scores.float(), setting, low, high))
     return out
+
+
+def check_scores(key: tuple[str, str], scores: torch.Tensor) -> None:
+    """Refuse scores with NaN (a broken weight or statistic would rank arbitrarily)."""
+    if torch.isnan(scores.sum()) and torch.isnan(scores).any():
+        raise ValueError(f"the scores of {key[0]}.{key[1]} contain NaN; check the model's weights.")
 
 
 def lowest_mask(scores: torch.Tensor, k: torch.Tensor | int) -> torch.Tensor:
@@ -368,12 +378,13 @@ def allocate(slots: Sequence[Slot], fast_min_units: int = FAST_MIN_UNITS) -> lis
                 masks[i] = lowest_mask(slot.scores, k)
         elif st.global_group_id is not None:
             groups.setdefault(st.global_group_id, []).append(i)
-        elif slot.scores.dim() == 1:
-            n = slot.scores.shape[-1]
-            free = Slot(slot.keys, slot.scores, st, 0, n)
-            masks[i] = _group_keep([free], math.floor(n * st.sparse_ratio), fast_min_units)[0]
         else:
-            masks[i] = lowest_mask(slot.scores, math.floor(slot.scores.shape[-1] * st.sparse_ratio))
+            n = slot.scores.shape[-1]
+            k = min(max(math.floor(n * st.sparse_ratio), slot.min_count), slot.max_count)
+            if slot.scores.dim() == 1:
+                masks[i] = _group_keep([Slot(slot.keys, slot.scores, st, 0, n)], k, fast_min_units)[0]
+            else:
+                masks[i] = lowest_mask(slot.scores, k)
     for gid, members in groups.items():
         group = [slots[i] for i in members]
         n_total = sum(s.scores.shape[-1] for s in group)

@@ -233,3 +233,224 @@ def test_a_partial_block_is_scored_on_its_own_elements():
     config = [{"op_types": ["Linear"], "sparse_ratio": 0.5, "granularity": [1, 2]}]
     mask = LevelPruner(model, config).calculate_masks()["0"]["weight"]
     assert mask.tolist() == [[False, False, True]]  # the partial block (0.8) outranks the full one (0.7)
+
+
+# -- dependency groups: declared, traced, and both through one code path --------------------
+
+
+class _Residual(nn.Module):
+    """conv1 -> bn1 and conv2 joined by a residual add; fc reads the sum."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        y = torch.relu(self.bn1(self.conv1(x)))
+        return self.fc(torch.relu(self.conv2(y) + y).mean((2, 3)))
+
+
+class _TwoBranches(nn.Module):
+    def __init__(self, right=8):
+        super().__init__()
+        self.left, self.bn_left = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.right, self.bn_right = nn.Conv2d(3, right, 3, padding=1), nn.BatchNorm2d(right)
+        self.fc = nn.Linear(8 + right, 4)
+
+    def forward(self, x):
+        a = torch.relu(self.bn_left(self.left(x))).mean((2, 3))
+        b = torch.relu(self.bn_right(self.right(x))).mean((2, 3))
+        return self.fc(torch.cat([a, b], 1))
+
+
+def _x():
+    return torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+
+
+def _kept_channels(mask):
+    return mask.flatten(1).all(1)
+
+
+@pytest.mark.parametrize(
+    ("key", "first", "second"),
+    [("sparse_ratio", 0.5, 0.25), ("max_sparse_ratio", 0.5, 0.75), ("min_sparse_ratio", 0.0, 0.25),
+     ("global_group_id", "a", "b")],
+)
+def test_traced_coupled_layers_with_different_settings_are_refused_naming_both(key, first, second):
+    torch.manual_seed(0)
+    configs = [{"op_names": ["conv1"], "sparse_ratio": 0.5, key: first},
+               {"op_names": ["conv2"], "sparse_ratio": 0.5, key: second}]
+    with pytest.raises(ValueError, match=rf"'conv1' and 'conv2' share output channels \(coupled by the trace"
+                                         rf".*{key}={first!r}.*{key}={second!r}"):
+        L1NormPruner(_Residual(), configs, dummy_input=_x())
+
+
+def test_declared_group_members_with_different_bounds_are_refused():
+    model = nn.Sequential(nn.Linear(2, 4), nn.Linear(2, 4))
+    configs = [{"op_names": ["0"], "sparse_ratio": 0.5, "dependency_group_id": 1, "max_sparse_ratio": 0.5},
+               {"op_names": ["1"], "sparse_ratio": 0.5, "dependency_group_id": 1, "max_sparse_ratio": 0.9}]
+    with pytest.raises(ValueError, match=r"'0' and '1' share output channels \(dependency_group_id 1\)"
+                                         r".*max_sparse_ratio=0.5.*max_sparse_ratio=0.9"):
+        L1NormPruner(model, configs)
+
+
+def test_a_dependency_group_never_prunes_beyond_max_sparse_ratio():
+    torch.manual_seed(0)
+    config = [{"op_types": ["Conv2d"], "sparse_threshold": 1e9, "max_sparse_ratio": 0.25}]
+    _, masks = L1NormPruner(_Residual(), config, dummy_input=_x()).compress()
+    kept = masks["conv1"]["bias"]
+    assert int((~kept).sum()) == 2 and torch.equal(masks["conv2"]["bias"], kept)
+
+
+def test_bounds_never_exceed_max_sparse_ratio_and_conflicts_raise():
+    from secateurs.sparsity import _bounds
+
+    loose = ModuleSetting("m", "Linear", 0, sparse_threshold=0.0, min_sparse_ratio=0.6, max_sparse_ratio=0.6)
+    assert _bounds(10, [(10, loose)], False) == (6, 6)
+    tight = ModuleSetting("n", "Linear", 0, sparse_threshold=0.0, min_sparse_ratio=0.6, max_sparse_ratio=0.6)
+    with pytest.raises(ValueError, match="min_sparse_ratio asks to prune at least 6 of 10 units but "
+                                         "max_sparse_ratio allows at most 3"):
+        _bounds(10, [(10, loose), (5, tight)], False, "group")
+    only_min = ModuleSetting("m", "Linear", 0, sparse_threshold=0.0, min_sparse_ratio=0.5)
+    assert _bounds(4, [(4, only_min)], True) == (2, 3)  # a global group keeps one unit by default
+
+
+def test_min_above_max_is_a_config_error_naming_both_keys():
+    model = nn.Sequential(nn.Linear(2, 4))
+    config = [{"op_types": ["Linear"], "sparse_threshold": 0.1, "min_sparse_ratio": 0.75, "max_sparse_ratio": 0.5}]
+    with pytest.raises(ValueError, match=r"config_list\[0\]: 'min_sparse_ratio' \(0.75\) must not exceed "
+                                         r"'max_sparse_ratio' \(0.5\)"):
+        L1NormPruner(model, config)
+
+
+def test_declared_groups_join_the_traced_channel_groups():
+    torch.manual_seed(0)
+    model, x = _TwoBranches().eval(), _x()
+    config = [{"op_names": ["left", "right"], "sparse_ratio": 0.5, "dependency_group_id": "b"}]
+    _, traced = L1NormPruner(model, config, dummy_input=x).compress()
+    kept = _kept_channels(traced["left"]["weight"])
+    assert int((~kept).sum()) == 4 and torch.equal(_kept_channels(traced["right"]["weight"]), kept)
+    for bn in ("bn_left", "bn_right"):  # the whole channel group, as the traced path masks it
+        assert torch.equal(traced[bn]["weight"], kept) and torch.equal(traced[bn]["bias"], kept)
+    assert torch.equal(traced["fc"]["weight"].all(0), torch.cat([kept, kept]))
+    # Without the trace the same declared coupling ranks the same channels, on the targets only.
+    torch.manual_seed(0)
+    _, declared = L1NormPruner(_TwoBranches(), config).compress()
+    assert set(declared) == {"left", "right"}
+    for name in ("left", "right"):
+        assert torch.equal(declared[name]["weight"], traced[name]["weight"])
+
+
+def test_declared_and_traced_coupling_are_unioned():
+    """left and right are declared together; right is also traced-coupled to a residual
+    branch, which must then follow the same channel indices."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.left, self.right, self.extra = (nn.Conv2d(3, 8, 1) for _ in range(3))
+            self.fc = nn.Linear(16, 4)
+
+        def forward(self, x):
+            a = self.left(x).mean((2, 3))
+            b = (self.right(x) + self.extra(x)).mean((2, 3))
+            return self.fc(torch.cat([a, b], 1))
+
+    torch.manual_seed(0)
+    config = [{"op_names": ["left", "right"], "sparse_ratio": 0.5, "dependency_group_id": 0},
+              {"op_names": ["extra"], "sparse_ratio": 0.5, "dependency_group_id": 0}]
+    _, masks = L1NormPruner(Net(), config, dummy_input=_x()).compress()
+    kept = _kept_channels(masks["left"]["weight"])
+    assert int((~kept).sum()) == 4
+    assert all(torch.equal(_kept_channels(masks[n]["weight"]), kept) for n in ("right", "extra"))
+    assert torch.equal(masks["fc"]["weight"].all(0), torch.cat([kept, kept]))
+
+
+def test_declared_group_with_different_channel_counts_names_the_members_with_dummy_input():
+    config = [{"op_names": ["left", "right"], "sparse_ratio": 0.5, "dependency_group_id": "b"}]
+    with pytest.raises(ValueError, match=r"dependency_group_id 'b'.*left.weight has \(8,\), right.weight has \(6,\)"):
+        L1NormPruner(_TwoBranches(right=6), config, dummy_input=_x())
+
+
+# -- layers the trace fixes, or that never ran ---------------------------------------------
+
+
+class _Aux(nn.Module):
+    """An auxiliary head that does not run in eval mode (the trace runs in eval mode)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.aux, self.fc = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 4, 1), nn.Linear(8, 2)
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x))
+        out = self.fc(y.mean((2, 3)))
+        return out + self.aux(y).mean() if self.training else out
+
+
+class _Split(nn.Module):
+    """conv's channels 4..7 are added to side's, which the model also returns."""
+
+    def __init__(self):
+        super().__init__()
+        self.main, self.side, self.conv = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 4, 1), nn.Conv2d(3, 8, 1)
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x):
+        side = self.side(x)
+        y = torch.cat([self.main(x), side], 1) + self.conv(x)
+        return self.fc(y.mean((2, 3))), side.mean((2, 3))
+
+
+class _Normed(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 8, 1), nn.Linear(8, 2)
+        self.norm = nn.LayerNorm(8)
+
+    def forward(self, x):
+        return self.fc(self.norm(self.conv(x).mean((2, 3))))
+
+
+@pytest.mark.parametrize(
+    ("model", "names", "reason"),
+    [(_Normed, ["conv"], "layer norm"), (_Aux, ["aux"], "did not run on the example input"),
+     (_Split, ["side"], "model output")],
+)
+def test_a_config_whose_layers_cannot_be_pruned_is_refused_naming_them_and_why(model, names, reason):
+    config = [{"op_types": ["Conv2d", "Linear"], "op_names_re": [f"{n}$" for n in names], "sparse_ratio": 0.5}]
+    with pytest.raises(ValueError, match=rf"config_list\[0\]: with dummy_input, none of the layers.*'{names[0]}' "
+                                         rf"\(.*{reason}"):
+        L1NormPruner(model(), config, dummy_input=_x())
+
+
+def test_partly_fixed_layers_warn_once_and_the_report_says_why():
+    import warnings
+
+    from secateurs.pruners import UnprunedWarning
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pruner = L1NormPruner(_Split(), [{"op_names": ["conv"], "sparse_ratio": 0.5}], dummy_input=_x())
+        _, masks = pruner.compress()
+    ours = [w for w in caught if issubclass(w.category, UnprunedWarning)]
+    assert len(ours) == 1 and "conv.weight 4 of 8 channels not pruned: model output" in str(ours[0].message)
+    kept = _kept_channels(masks["conv"]["weight"])
+    assert bool(kept[4:].all()) and int((~kept[:4]).sum()) == 2  # floor(4 prunable * 0.5)
+    (row,) = [r for r in pruner.report().rows if (r.module_name, r.target) == ("conv", "weight")]
+    assert row.note == "4 of 8 channels not pruned: model output"
+
+
+def test_a_layer_that_did_not_run_is_reported_unpruned():
+    from secateurs.pruners import UnprunedWarning
+
+    torch.manual_seed(0)
+    with pytest.warns(UnprunedWarning, match="aux.weight not pruned: did not run on the example input"):
+        pruner = L1NormPruner(_Aux(), [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}], dummy_input=_x())
+    _, masks = pruner.compress()
+    assert "aux" not in masks and int((~_kept_channels(masks["conv"]["weight"])).sum()) == 4
+    rows = {(r.module_name, r.target): r for r in pruner.report().rows}
+    assert rows[("aux", "weight")].pruned == 0 and rows[("aux", "weight")].note.endswith("did not run on the example input")

@@ -1,6 +1,6 @@
 """One small class per pruning algorithm; each registers itself in ``PRUNERS``."""
 
-from .base import Pruner, Target
+from .base import Pruner, Target, UnprunedWarning
 from .basic import FPGMPruner, L1NormPruner, L2NormPruner, LevelPruner
 from .data import (
     ActivationAPoZRankPruner,
@@ -22,4 +22,5 @@ __all__ = [
     "SlimPruner",
     "Target",
     "TaylorFOWeightPruner",
+    "UnprunedWarning",
 ]

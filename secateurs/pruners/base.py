@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -12,13 +13,17 @@ import torch.nn as nn
 from torch.nn.utils import parametrize
 
 from ..config import ConfigSchema, ModuleSetting, resolve
-from ..masks import Masks, attach_masks, detach_masks
-from ..report import SparsityReport, sparsity_report
 from ..graph import ChannelGraph, trace_channels
 from ..layers import LAYERS
-from ..sparsity import Slot, _bounds, allocate, block_shape, expand_units, make_slots, to_units
+from ..masks import Masks, attach_masks, detach_masks
+from ..report import SparsityReport, sparsity_report
+from ..sparsity import Slot, allocate, block_shape, check_scores, expand_units, make_slots, to_units
 from ..targets import get_module
+from .dependency import plan_dependencies
 
+
+class UnprunedWarning(UserWarning):
+    """Some selected layers or channels cannot be pruned (the trace fixes them)."""
 
 
 @dataclass(frozen=True)
@@ -77,7 +82,42 @@ class Pruner:
             named = {n[len("module."):] if wrapped and n.startswith("module.") else n
                      for c in config_list if isinstance(c, dict) for n in c.get("op_names", ())}
             self.graph = trace_channels(self.net, dummy_input, free_outputs=named & set(self.settings))
+        families = [LAYERS.family_of(get_module(self.net, t.module_name)) is not None for t in self.targets]
+        self._plan = plan_dependencies(self.targets, self.graph, families)
+        self.unpruned: dict[tuple[str, str], str] = self._explain_fixed()
         self.masks: Masks = {}
+
+    def _explain_fixed(self) -> dict[tuple[str, str], str]:
+        """Refuse configs none of whose layers can be pruned; warn once about the others.
+
+        Returns:
+            (module name, target name) -> why (some of) its channels are not pruned.
+        """
+        fixed = self._plan.fixed
+        notes = {}
+        for i, (k, n, reasons) in fixed.items():
+            t = self.targets[i]
+            why = "; ".join(reasons)
+            notes[(t.module_name, t.name)] = f"not pruned: {why}" if k == n else f"{k} of {n} channels not pruned: {why}"
+        if not notes:
+            return notes
+        by_config: dict[int, list[int]] = {}
+        for i, t in enumerate(self.targets):
+            by_config.setdefault(t.setting.config_index, []).append(i)
+        for index, idx in by_config.items():
+            if all(i in fixed and fixed[i][0] == fixed[i][1] for i in idx):
+                layers = "; ".join(f"{self.targets[i].module_name!r} ({', '.join(fixed[i][2])})" for i in idx)
+                hint = " A model output is pruned only when a config names its layer in 'op_names'." \
+                    if "model output" in layers else ""
+                raise ValueError(
+                    f"config_list[{index}]: with dummy_input, none of the layers it selects can be pruned, "
+                    f"because the trace fixes every output channel of each: {layers}. Select other layers or "
+                    f"exclude these.{hint}"
+                )
+        listed = "; ".join(f"{m}.{n} {note}" for (m, n), note in notes.items())
+        warnings.warn(f"{type(self).__name__}: with dummy_input, these selected channels stay unpruned: {listed}.",
+                      UnprunedWarning, stacklevel=3)
+        return notes
 
     def _adjust_settings(self, settings: dict[str, ModuleSetting]) -> dict[str, ModuleSetting]:
         """Hook for pruners whose algorithm fixes part of the settings (Slim ranks globally)."""
@@ -141,55 +181,6 @@ class Pruner:
         """Scores of ``units`` (``(n_units, unit_numel)``) of one target; higher = keep."""
         return type(self).criterion(units)
 
-    def _coupled(self, t: Target) -> bool:
-        """Does ``t`` take part in dependency-aware pruning (a traced layer's output channels)?"""
-        if self.graph is None or t.name != "weight" or t.per_channel or t.setting.dependency_group_id is not None:
-            return False
-        use = self.graph.modules.get(t.module_name)
-        whole_rows = all(b == s for d, (b, s) in enumerate(zip(t.blocks, t.shape)) if d != t.out_dim)
-        return use is not None and use.out_ids is not None and t.blocks[t.out_dim] == 1 and whole_rows \
-            and use.out_ids.numel() == t.shape[t.out_dim]
-
-    def _dependency_slots(self, scored: list[tuple[Target, torch.Tensor]]) -> list[tuple[Slot, torch.Tensor]]:
-        """One slot per set of layers whose output channels are coupled; units = channel groups."""
-        graph = self.graph
-        comps = [graph.component[graph.modules[t.module_name].out_ids] for t, _ in scored]
-        parent = list(range(len(scored)))
-
-        def find(i: int) -> int:
-            while parent[i] != i:
-                parent[i] = parent[parent[i]]
-                i = parent[i]
-            return i
-
-        # Each channel group's first layer; a layer joins the first layer of each of its groups.
-        layer_of = torch.cat([torch.full((c.numel(),), i) for i, c in enumerate(comps)])
-        all_comps = torch.cat(comps)
-        ok = ~graph.fixed[all_comps]
-        layer_of, all_comps = layer_of[ok], all_comps[ok]
-        first = torch.full((graph.fixed.numel(),), len(scored)).scatter_reduce(0, all_comps, layer_of, "amin")
-        for i, j in torch.unique(torch.stack([layer_of, first[all_comps]], 1), dim=0).tolist():  # layer pairs
-            parent[find(i)] = find(j)
-        members: dict[int, list[int]] = {}
-        for i in range(len(scored)):
-            members.setdefault(find(i), []).append(i)
-        out = []
-        for idx in members.values():
-            all_comps = torch.cat([comps[i] for i in idx])
-            unique = all_comps[~graph.fixed[all_comps]].unique()
-            if unique.numel() == 0:
-                continue
-            totals = torch.zeros(unique.numel(), dtype=torch.float64)
-            for i in idx:
-                c, scores = comps[i], scored[i][1].double()
-                ok = ~graph.fixed[c]
-                totals.index_add_(0, torch.searchsorted(unique, c[ok]), scores[ok])
-            first = scored[idx[0]][0].setting
-            low, high = _bounds(unique.numel(), [first], first.global_group_id is not None)
-            keys = [(scored[i][0].module_name, scored[i][0].name) for i in idx]
-            out.append((Slot(keys, totals.float(), first, low, high), unique))
-        return out
-
     def _graph_masks(self, removed: torch.Tensor) -> Masks:
         """Masks for every parameter that carries a removed channel group."""
         graph, masks = self.graph, {}
@@ -216,46 +207,70 @@ class Pruner:
     def calculate_masks(self) -> Masks:
         """Compute masks from the current (masked) weights without attaching them.
 
-        With ``dummy_input``, output-channel targets are pruned by channel group: layers
-        whose channels are coupled (residual adds, concatenations, depthwise convs ...)
-        share one ranking of summed scores, and the masks cover every parameter the
-        removed channels touch (producers, their biases, the norm layers after them and
-        the consumers' input columns), so the masked model is the pruned model.
+        Dependency groups (shared ``dependency_group_id``, and with ``dummy_input`` the
+        traced coupling: residual adds, concatenations, depthwise convs ...) share one
+        ranking of summed scores per channel group; with ``dummy_input`` the masks cover
+        every parameter the removed channels touch (producers, their biases, the norm
+        layers after them and the consumers' input columns), so the masked model is the
+        pruned model.
         """
-        scored, coupled = [], []
+        plan = self._plan
+        alone = [i for i in range(len(self.targets)) if i not in plan.members]
+        scores: dict[int, torch.Tensor] = {}
         with torch.no_grad():
-            for t in self.targets:
-                tensor = getattr(get_module(self.net, t.module_name), t.name).detach()
-                scores = self.score(t, to_units(tensor, t.blocks))
-                if self._coupled(t):
-                    coupled.append((t, scores.reshape(-1)))
-                    continue
-                if t.per_channel:
-                    scores = scores.reshape(t.shape[0], -1)
-                scored.append(((t.module_name, t.name), scores, t.setting))
-            slots = make_slots(scored)
-            del scored
-            dep = self._dependency_slots(coupled) if coupled else []
-            keeps = allocate(slots + [s for s, _ in dep])
+            for i in alone + [m for d in plan.slots for m in d.members]:
+                scores[i] = self._unit_scores(self.targets[i])
+            slots = make_slots([
+                ((t.module_name, t.name), scores[i].reshape(t.shape[0], -1) if t.per_channel else scores[i], t.setting)
+                for i, t in ((i, self.targets[i]) for i in alone)
+            ])
+            for d in plan.slots:
+                device = scores[d.members[0]].device
+                totals = torch.zeros(d.n, dtype=torch.float64, device=device)
+                for m, g in zip(d.members, d.groups):
+                    ok = g >= 0
+                    totals.index_add_(0, g[ok].to(device), scores[m].to(device)[ok.to(device)].double())
+                keys = [(self.targets[m].module_name, self.targets[m].name) for m in d.members]
+                totals = totals.float().reshape(d.rows, -1) if d.rows else totals.float()
+                slots.append(Slot(keys, totals, d.setting, d.min_count, d.max_count))
+            keeps = allocate(slots)
         by_key = {(t.module_name, t.name): t for t in self.targets}
+        n_alone = len(alone)
         masks: Masks = {}
-        for slot, keep in zip(slots, keeps):
-            keep = keep.reshape(-1)
-            for key in slot.keys:
-                t = by_key[key]
-                entry = masks.setdefault(t.module_name, {})
-                entry[t.name] = expand_units(keep, t.shape, t.blocks)
-                for name in t.aligned:
-                    entry[name] = expand_units(keep, (t.shape[t.out_dim],), (t.blocks[t.out_dim],))
-        if dep:
-            removed = torch.zeros(self.graph.fixed.numel(), dtype=torch.bool)
-            for (_, unique), keep in zip(dep, keeps[len(slots):]):
-                removed[unique[~keep]] = True
+        for slot, keep in zip(slots[:n_alone], keeps):
+            (key,) = slot.keys
+            self._put(masks, by_key[key], keep.reshape(-1))
+        removed = torch.zeros(self.graph.fixed.numel(), dtype=torch.bool) if self.graph is not None else None
+        for d, keep in zip(plan.slots, keeps[n_alone:]):
+            keep = keep.reshape(-1).cpu()
+            for m, g, comp in zip(d.members, d.groups, d.comps):
+                ok = g >= 0
+                unit_keep = torch.ones(g.numel(), dtype=torch.bool)
+                unit_keep[ok] = keep[g[ok]]
+                self._put(masks, self.targets[m], unit_keep)
+                if comp is not None:
+                    removed[comp[~unit_keep]] = True
+        if removed is not None and bool(removed.any()):
             for owner, targets in self._graph_masks(removed).items():
                 entry = masks.setdefault(owner, {})
                 for name, mask in targets.items():
-                    entry[name] = entry[name] & mask if name in entry else mask
-        return masks
+                    entry[name] = entry[name] & mask.to(entry[name].device) if name in entry else mask
+        order = {name: i for i, (name, _) in enumerate(self.net.named_modules())}
+        return dict(sorted(masks.items(), key=lambda item: order[item[0]]))
+
+    def _unit_scores(self, t: Target) -> torch.Tensor:
+        """Flat unit scores of ``t``."""
+        tensor = getattr(get_module(self.net, t.module_name), t.name).detach()
+        scores = self.score(t, to_units(tensor, t.blocks)).reshape(-1)
+        check_scores((t.module_name, t.name), scores)
+        return scores
+
+    @staticmethod
+    def _put(masks: Masks, t: Target, unit_keep: torch.Tensor) -> None:
+        entry = masks.setdefault(t.module_name, {})
+        entry[t.name] = expand_units(unit_keep, t.shape, t.blocks)
+        for name in t.aligned:  # its own tensor: a weight of shape (C,) would otherwise share it
+            entry[name] = expand_units(unit_keep, (t.shape[t.out_dim],), (t.blocks[t.out_dim],)).clone()
 
     def compress(self) -> tuple[nn.Module, Masks]:
         """Compute masks and attach them to the model in place.
@@ -273,5 +288,6 @@ class Pruner:
         detach_masks(self.net, apply=True)
 
     def report(self) -> SparsityReport:
-        """Per-target realised sparsity of the current masks, with the config each came from."""
-        return sparsity_report(self.net, self.masks, self.settings)
+        """Per-target realised sparsity of the current masks, with the config each came from;
+        selected tensors that stay (partly) unpruned are listed with the reason."""
+        return sparsity_report(self.net, self.masks, self.settings, notes=self.unpruned)

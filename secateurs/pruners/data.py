@@ -89,8 +89,10 @@ class DataPruner(Pruner):
                 "asked for ('training_steps'), so the statistics would be incomplete; give the loop enough data "
                 "(or epochs) for that many steps, or lower 'training_steps'."
             )
+        inert = {(self.targets[i].module_name, self.targets[i].name)
+                 for i, (k, n, _) in self._plan.fixed.items() if k == n}
         missing = [f"{m}.{n}" for m, n in ((t.module_name, t.name) for t in self.targets if t.name == "weight")
-                   if (m, n) not in self.stats]
+                   if (m, n) not in self.stats and (m, n) not in inert]
         if missing:
             raise RuntimeError(
                 f"{type(self).__name__}: training ran but gathered nothing for {missing[:5]}; are these modules "
