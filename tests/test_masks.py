@@ -109,3 +109,45 @@ def test_attaching_masks_of_the_wrong_shape_names_the_target(cnn):
         attach_masks(cnn, {"fc_1": {"weight": torch.ones(3)}})
     with pytest.raises(ValueError, match="only 0 and 1"):
         attach_masks(cnn, {"fc2": {"bias": torch.full((10,), 0.5)}})
+
+
+def _snapshot(model):
+    return {m: {t: v.clone() for t, v in e.items()} for m, e in get_masks(model).items()}
+
+
+def _still_pruned(before, after):
+    return all(not (after[m][t] & ~old).any() for m, e in before.items() for t, old in e.items())
+
+
+@pytest.mark.parametrize("traced", [False, True], ids=["no-trace", "traced"])
+def test_level_after_l1_keeps_the_pruned_channels_and_reaches_its_own_ratio(cnn, batch, traced):
+    kwargs = {"dummy_input": batch} if traced else {}
+    L1NormPruner(cnn, [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}], **kwargs).compress()
+    channels = _snapshot(cnn)
+    _, masks = LevelPruner(cnn, [{"op_types": ["Conv2d"], "sparse_ratio": 0.8}], **kwargs).compress()
+    after = _snapshot(cnn)
+    assert _still_pruned(channels, after)
+    for name in ("conv1", "conv2"):
+        weight = after[name]["weight"]
+        assert int((~weight).sum()) == int(weight.numel() * 0.8)  # already-pruned elements count first
+        assert torch.equal(masks[name]["weight"], weight)
+
+
+@pytest.mark.parametrize("traced", [False, True], ids=["no-trace", "traced"])
+def test_l1_after_level_keeps_the_pruned_elements(cnn, batch, traced):
+    kwargs = {"dummy_input": batch} if traced else {}
+    LevelPruner(cnn, [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}], **kwargs).compress()
+    elements = _snapshot(cnn)
+    L1NormPruner(cnn, [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}], **kwargs).compress()
+    after = _snapshot(cnn)
+    assert _still_pruned(elements, after)
+    for name, channels in (("conv1", 8), ("conv2", 16)):
+        assert int((~after[name]["weight"].flatten(1).any(1)).sum()) == channels // 2
+        assert torch.all(cnn.get_submodule(name).weight[~after[name]["weight"]] == 0)
+
+
+def test_already_pruned_units_are_never_revived_even_beyond_the_new_count(cnn):
+    L1NormPruner(cnn, [{"op_names": ["conv2"], "sparse_ratio": 0.75}]).compress()
+    before = _snapshot(cnn)
+    _, masks = L1NormPruner(cnn, [{"op_names": ["conv2"], "sparse_ratio": 0.25}]).compress()
+    assert torch.equal(masks["conv2"]["weight"], before["conv2"]["weight"])  # 12 of 16 stay pruned, not 4

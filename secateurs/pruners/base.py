@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from torch.nn.utils import parametrize
 from ..config import ConfigSchema, ModuleSetting, resolve
 from ..graph import ChannelGraph, trace_channels
 from ..layers import LAYERS
-from ..masks import Masks, attach_masks, detach_masks
+from ..masks import Masks, attach_masks, detach_masks, get_masks
 from ..report import SparsityReport, sparsity_report
 from ..sparsity import Slot, allocate, block_shape, check_scores, expand_units, make_slots, to_units
 from ..targets import get_module
@@ -213,13 +214,18 @@ class Pruner:
         every parameter the removed channels touch (producers, their biases, the norm
         layers after them and the consumers' input columns), so the masked model is the
         pruned model.
+
+        Masks compose with those already attached: a unit whose elements are all masked
+        scores ``-inf`` (it is counted among the ``floor(n * r)`` pruned units first) and
+        each new mask is AND-ed with the attached one, so no pruned unit comes back.
         """
+        existing = get_masks(self.net)
         plan = self._plan
         alone = [i for i in range(len(self.targets)) if i not in plan.members]
         scores: dict[int, torch.Tensor] = {}
         with torch.no_grad():
             for i in alone + [m for d in plan.slots for m in d.members]:
-                scores[i] = self._unit_scores(self.targets[i])
+                scores[i] = self._unit_scores(self.targets[i], existing)
             slots = make_slots([
                 ((t.module_name, t.name), scores[i].reshape(t.shape[0], -1) if t.per_channel else scores[i], t.setting)
                 for i, t in ((i, self.targets[i]) for i in alone)
@@ -255,14 +261,23 @@ class Pruner:
                 entry = masks.setdefault(owner, {})
                 for name, mask in targets.items():
                     entry[name] = entry[name] & mask.to(entry[name].device) if name in entry else mask
+        for owner, entry in masks.items():
+            for name, mask in entry.items():
+                old = existing.get(owner, {}).get(name)
+                if old is not None:
+                    entry[name] = mask.to(old.device) & old
         order = {name: i for i, (name, _) in enumerate(self.net.named_modules())}
         return dict(sorted(masks.items(), key=lambda item: order[item[0]]))
 
-    def _unit_scores(self, t: Target) -> torch.Tensor:
-        """Flat unit scores of ``t``."""
+    def _unit_scores(self, t: Target, existing: Masks) -> torch.Tensor:
+        """Flat unit scores of ``t``; units already wholly masked score ``-inf``."""
         tensor = getattr(get_module(self.net, t.module_name), t.name).detach()
         scores = self.score(t, to_units(tensor, t.blocks)).reshape(-1)
         check_scores((t.module_name, t.name), scores)
+        old = existing.get(t.module_name, {}).get(t.name)
+        if old is not None:
+            gone = to_units(old.float(), t.blocks, pad=0.0).amax(1) == 0
+            scores = scores.float().masked_fill(gone.to(scores.device), -math.inf)
         return scores
 
     @staticmethod
