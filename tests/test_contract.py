@@ -1,13 +1,24 @@
-"""The contract every registered pruner keeps (parametrised over the registry)."""
+"""The contract every registered pruner keeps (parametrised over the registry).
 
+Constructor arguments are built from each pruner's declared ``needs``, so a pruner
+registered without that metadata (or with a need this suite cannot provide) fails here.
+"""
+
+import json
 import math
+import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 
 from secateurs import PRUNERS, TorchEvaluator, get_masks
-from secateurs.pruners import DataPruner
+from secateurs.pruners import UnprunedWarning
+from secateurs.sparsity import to_units
+
+NAMES = PRUNERS.names()
+WITH_AND_WITHOUT_TRACE = [pytest.param(False, id="no-trace"), pytest.param(True, id="traced")]
 
 
 def _evaluator(model):
@@ -26,55 +37,75 @@ def _evaluator(model):
     return TorchEvaluator(loop, torch.optim.SGD(model.parameters(), lr=0.01), step)
 
 
-def make(name, model, ratio=0.5, **extra):
+# How this suite provides each need a pruner may declare.
+PROVIDERS = {
+    "evaluator": _evaluator,
+    "training_steps": lambda model: 3,
+}
+
+
+def _dummy():
+    return torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(5))
+
+
+def config(ratio=0.5, **extra):
+    # fc2 is the model's output: with dummy_input it could only be pruned when named.
+    return [{"op_types": ["default"], "exclude_op_names": ["fc2"], "sparse_ratio": ratio, **extra}]
+
+
+def make(name, model, ratio=0.5, traced=False, configs=None, **extra):
     cls = PRUNERS.get(name)
-    op_types = ["BatchNorm2d"] if name == "slim" else ["Conv2d", "Linear"]
-    config = [{"op_types": op_types, "sparse_ratio": ratio, **extra}]
-    if issubclass(cls, DataPruner):
-        return cls(model, config, _evaluator(model), training_steps=3)
-    return cls(model, config)
+    kwargs = {need: PROVIDERS[need](model) for need in cls.needs}
+    if traced:
+        kwargs["dummy_input"] = _dummy()
+    return cls(model, configs if configs is not None else config(ratio, **extra), **kwargs)
 
 
-def _pruned_units(pruner, masks):
-    units = pruned = 0
-    for t in pruner.targets:
-        mask = masks[t.module_name][t.name]
-        size = math.prod(t.blocks)
-        units += mask.numel() // size
-        pruned += (mask.numel() - int(mask.count_nonzero())) // size
-    return units, pruned
+def _pruned_units(t, mask):
+    """Units of target ``t`` whose elements are all masked."""
+    return int((to_units(mask.float(), t.blocks, pad=0.0).amax(1) == 0).sum())
 
 
-@pytest.mark.parametrize("name", PRUNERS.names())
-def test_compress_returns_the_same_model_and_full_shape_binary_masks(name, cnn):
-    pruner = make(name, cnn)
+def _units(t):
+    return math.prod(math.ceil(s / b) for s, b in zip(t.shape, t.blocks))
+
+
+def test_every_registered_pruner_declares_what_it_needs():
+    for name in NAMES:
+        cls = PRUNERS.get(name)
+        assert "needs" in vars(cls), f"{cls.__name__} does not declare `needs` in its class body"
+        assert isinstance(cls.needs, tuple) and set(cls.needs) <= set(PROVIDERS), (cls.__name__, cls.needs)
+        assert cls.default_op_types and all(isinstance(t, str) for t in cls.default_op_types)
+
+
+@pytest.mark.parametrize("traced", WITH_AND_WITHOUT_TRACE)
+@pytest.mark.parametrize("name", NAMES)
+def test_compress_returns_the_same_model_and_full_shape_binary_masks(name, traced, cnn):
+    pruner = make(name, cnn, traced=traced)
     model, masks = pruner.compress()
     assert model is cnn
-    assert set(masks) == {t.module_name for t in pruner.targets}
-    for module_name, targets in masks.items():
-        for target, mask in targets.items():
+    targets = {t.module_name for t in pruner.targets}
+    assert targets <= set(masks) if traced else set(masks) == targets
+    for module_name, entry in masks.items():
+        for target, mask in entry.items():
             assert mask.shape == getattr(cnn.get_submodule(module_name), target).shape
             assert mask.dtype == torch.bool
 
 
-@pytest.mark.parametrize("name", PRUNERS.names())
-def test_requested_ratio_is_realised_exactly(name, cnn):
-    pruner = make(name, cnn, ratio=0.3)
+@pytest.mark.parametrize("traced", WITH_AND_WITHOUT_TRACE)
+@pytest.mark.parametrize("name", NAMES)
+def test_requested_ratio_is_realised_exactly(name, traced, cnn):
+    pruner = make(name, cnn, ratio=0.3, traced=traced)
     _, masks = pruner.compress()
-    if name == "slim":  # ranks globally across its norm layers
-        units, pruned = _pruned_units(pruner, masks)
-        assert pruned == math.floor(units * 0.3)
-        return
     for t in pruner.targets:
-        mask = masks[t.module_name][t.name]
-        units = mask.numel() // math.prod(t.blocks)
-        assert (mask.numel() - int(mask.count_nonzero())) // math.prod(t.blocks) == math.floor(units * 0.3)
+        assert _pruned_units(t, masks[t.module_name][t.name]) == math.floor(_units(t) * 0.3), t.module_name
 
 
-@pytest.mark.parametrize("name", PRUNERS.names())
-def test_parameter_identity_and_unwrap(name, cnn, batch):
+@pytest.mark.parametrize("traced", WITH_AND_WITHOUT_TRACE)
+@pytest.mark.parametrize("name", NAMES)
+def test_parameter_identity_and_unwrap(name, traced, cnn, batch):
     params = [id(p) for p in cnn.parameters()]
-    pruner = make(name, cnn)
+    pruner = make(name, cnn, traced=traced)
     pruner.compress()
     cnn.eval()
     out = cnn(batch)
@@ -84,20 +115,143 @@ def test_parameter_identity_and_unwrap(name, cnn, batch):
     assert torch.allclose(cnn(batch), out, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", PRUNERS.names())
-def test_global_group_is_realised_over_the_group(name, cnn):
-    pruner = make(name, cnn, ratio=0.4, global_group_id=0)
+@pytest.mark.parametrize("traced", WITH_AND_WITHOUT_TRACE)
+@pytest.mark.parametrize("name", NAMES)
+def test_global_group_is_realised_over_the_group(name, traced, cnn):
+    pruner = make(name, cnn, ratio=0.4, traced=traced, global_group_id=0)
     _, masks = pruner.compress()
-    units, pruned = _pruned_units(pruner, masks)
+    units = sum(_units(t) for t in pruner.targets)
+    pruned = sum(_pruned_units(t, masks[t.module_name][t.name]) for t in pruner.targets)
     assert pruned == math.floor(units * 0.4)
 
 
-@pytest.mark.parametrize("name", PRUNERS.names())
-def test_bad_model_is_a_type_error(name):
+@pytest.mark.parametrize("traced", WITH_AND_WITHOUT_TRACE)
+@pytest.mark.parametrize("name", NAMES)
+def test_pruning_a_masked_model_again_never_revives_a_unit(name, traced, cnn):
+    """Invariant 8: each round counts floor(n * r) of all units, already pruned ones first,
+    and never brings back a unit (or element) pruned before."""
+    before = None
+    for ratio, expected in ((0.5, 0.5), (0.5, 0.5), (0.75, 0.75), (0.25, 0.75)):
+        pruner = make(name, cnn, ratio=ratio, traced=traced)
+        pruner.compress()
+        attached = {m: {t: v.clone() for t, v in e.items()} for m, e in get_masks(cnn).items()}
+        for t in pruner.targets:
+            assert _pruned_units(t, attached[t.module_name][t.name]) == math.floor(_units(t) * expected), \
+                (ratio, t.module_name)
+        if before is not None:
+            for module_name, entry in before.items():
+                for target, old in entry.items():
+                    assert not (attached[module_name][target] & ~old).any(), (ratio, module_name, target)
+        before = attached
+
+
+@pytest.mark.parametrize("traced", WITH_AND_WITHOUT_TRACE)
+@pytest.mark.parametrize("name", NAMES)
+def test_state_dict_round_trips_through_safetensors_and_json(name, traced, cnn, tmp_path):
+    pruner = make(name, cnn, traced=traced)
+    _, masks = pruner.compress()
+    state = pruner.state_dict()
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    assert set(state) - set(tensors) == {"format", "pruner", "config_list"}
+    assert {k for k in tensors if k.startswith("masks/")} == {
+        f"masks/{m}/{t}" for m, e in masks.items() for t in e}
+    save_file(tensors, tmp_path / "state.safetensors")
+    (tmp_path / "state.json").write_text(json.dumps({k: v for k, v in state.items() if k not in tensors}))
+    loaded = {**load_file(tmp_path / "state.safetensors"), **json.loads((tmp_path / "state.json").read_text())}
+
+    torch.manual_seed(0)
+    fresh = type(cnn)()
+    other = make(name, fresh, traced=traced)
+    other.load_state_dict(loaded)
+    attached = get_masks(fresh)
+    for module_name, entry in masks.items():
+        for target, mask in entry.items():
+            assert torch.equal(other.masks[module_name][target], mask)
+            assert torch.equal(attached[module_name][target], mask)
+    for key, value in getattr(pruner, "stats", {}).items():
+        assert torch.equal(other.stats[key], value.cpu())
+    again = other.calculate_masks()  # from the restored statistics (or the same initial weights)
+    for module_name, entry in masks.items():
+        for target, mask in entry.items():
+            assert torch.equal(again[module_name][target], mask), (module_name, target)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_load_state_dict_refuses_a_state_that_does_not_fit(name, cnn):
+    pruner = make(name, cnn)
+    pruner.compress()
+    state = pruner.state_dict()
+    other_name = next(n for n in NAMES if n != name)
+    bad = [
+        ({**state, "pruner": other_name}, f"pruner '{other_name}'"),
+        ({**state, "config_list": config(0.25)}, "config_list"),
+        ({**state, "format": "something/else"}, "'format'"),
+        ({**state, "masks/nope/weight": torch.ones(3, dtype=torch.bool)}, "module 'nope'"),
+        ({**state, "mystery": 1}, "unknown key 'mystery'"),
+    ]
+    key = next(k for k in state if k.startswith("masks/"))
+    bad.append(({**state, key: torch.ones(2, 2, dtype=torch.bool)}, r"has shape \(2, 2\)"))
+    for broken, words in bad:
+        with pytest.raises(ValueError, match=words):
+            make(name, cnn).load_state_dict(broken)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bad_model_is_a_type_error(name, cnn):
     cls = PRUNERS.get(name)
-    args = (None, 3) if issubclass(cls, DataPruner) else ()
-    with pytest.raises(TypeError):
-        cls("not a model", [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}], *args)
+    kwargs = {need: PROVIDERS[need](cnn) for need in cls.needs}
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        cls("not a model", [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}], **kwargs)
+
+
+BAD_CONFIGS = [
+    ({"op_types": ["default"], "sparse_ratoi": 0.5}, ValueError, r"unknown key 'sparse_ratoi'.*did you mean 'sparse_ratio'"),
+    ({"op_types": ["default"], "sparse_ratio": "0.5"}, TypeError, r"'sparse_ratio' must be a number in \[0, 1\); got '0.5'"),
+    ({"op_types": "Conv2d", "sparse_ratio": 0.5}, TypeError, r"'op_types' must be a list of non-empty strings"),
+    ({"op_types": ["default"], "sparse_ratio": 1.5}, ValueError, r"'sparse_ratio' must be a number in \[0, 1\); got 1.5"),
+    ({"op_types": ["default"], "sparse_ratio": 0.5, "max_sparse_ratio": 1.2}, ValueError,
+     r"'max_sparse_ratio' must be a number in \[0, 1\]; got 1.2"),
+    ({"op_types": ["default"], "sparse_ratio": 0.5, "min_sparse_ratio": 0.6, "max_sparse_ratio": 0.5}, ValueError,
+     r"config_list\[0\]: 'min_sparse_ratio' \(0.6\) must not exceed 'max_sparse_ratio' \(0.5\)"),
+    ({"op_names": ["conv3"], "sparse_ratio": 0.5}, ValueError, r"'op_names' names 'conv3'.*did you mean"),
+    ({"op_types": ["Conv2D"], "sparse_ratio": 0.5}, ValueError, r"unknown op type 'Conv2D'.*did you mean 'Conv2d'"),
+]
+
+
+@pytest.mark.parametrize(("bad", "exc", "words"), BAD_CONFIGS, ids=[w.split("'")[1] for _, _, w in BAD_CONFIGS])
+@pytest.mark.parametrize("name", NAMES)
+def test_config_errors_have_a_pinned_type_and_message(name, bad, exc, words, cnn):
+    with pytest.raises(exc, match=words):
+        make(name, cnn, configs=[bad])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_config_whose_layers_the_trace_fixes_entirely_is_refused(name, cnn):
+    cls = PRUNERS.get(name)
+    if cls.default_granularity == "element":
+        pytest.skip("element units are not coupled by the trace")
+    # fc2 selected by type only: its outputs are the model's, so none of them may go.
+    configs = [{"op_types": ["Linear"], "op_names_re": ["fc2"], "sparse_ratio": 0.5}]
+    with pytest.raises(ValueError, match=r"config_list\[0\]: .*'fc2' \(model output\)"):
+        make(name, cnn, traced=True, configs=configs)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_layers_left_unpruned_are_named_in_one_warning_and_in_the_report(name, cnn):
+    cls = PRUNERS.get(name)
+    if cls.default_granularity == "element":
+        pytest.skip("element units are not coupled by the trace")
+    configs = [{"op_types": ["Linear"], "sparse_ratio": 0.5}]  # fc1 prunable, fc2 the model output
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pruner = make(name, cnn, traced=True, configs=configs)
+        pruner.compress()
+    ours = [w for w in caught if issubclass(w.category, UnprunedWarning)]
+    assert len(ours) == 1 and "fc2.weight not pruned: model output" in str(ours[0].message)
+    rows = {(r.module_name, r.target): r for r in pruner.report().rows}
+    assert rows[("fc2", "weight")].note == "not pruned: model output"
+    assert rows[("fc1", "weight")].note is None and rows[("fc1", "weight")].pruned > 0
+    assert "model output" in str(pruner.report())
 
 
 def test_registry_suggests_close_names():

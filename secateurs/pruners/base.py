@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 import warnings
 from collections.abc import Mapping
@@ -13,14 +14,17 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
+from .._errors import did_you_mean
 from ..config import ConfigSchema, ModuleSetting, resolve
 from ..graph import ChannelGraph, trace_channels
 from ..layers import LAYERS
-from ..masks import Masks, attach_masks, detach_masks, get_masks
+from ..masks import Masks, attach_masks, check_masks, detach_masks, get_masks
 from ..report import SparsityReport, sparsity_report
 from ..sparsity import Slot, allocate, block_shape, check_scores, expand_units, make_slots, to_units
 from ..targets import get_module
 from .dependency import plan_dependencies
+
+STATE_FORMAT = "secateurs.pruner/1"
 
 
 class UnprunedWarning(UserWarning):
@@ -56,9 +60,15 @@ class Pruner:
 
     The constructor stores the model and validates ``config_list`` against it (errors
     surface at once); :meth:`compress` computes masks and attaches them in place.
+
+    Every registered pruner declares ``needs`` in its own class body: the constructor
+    arguments it requires besides ``model`` and ``config_list`` (``"evaluator"``,
+    ``"training_steps"``), so that tools and the contract tests can build any pruner
+    from the registry.
     """
 
     registry_name: ClassVar[str]
+    needs: ClassVar[tuple[str, ...]]
     default_granularity: ClassVar[str] = "out_channel"
     default_op_types: ClassVar[tuple[str, ...]] = ("Conv1d", "Conv2d", "Conv3d", "Linear")
     extra_config_keys: ClassVar[Mapping[str, Any]] = {}
@@ -306,3 +316,88 @@ class Pruner:
         """Per-target realised sparsity of the current masks, with the config each came from;
         selected tensors that stay (partly) unpruned are listed with the reason."""
         return sparsity_report(self.net, self.masks, self.settings, notes=self.unpruned)
+
+    # -- saving and restoring ---------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The pruner's state as a flat dict of str -> tensor or JSON-able value.
+
+        Keys: ``"format"``, ``"pruner"`` (registry name), ``"config_list"``, one
+        ``"masks/<module>/<target>"`` bool tensor per mask, and the pruner's learned state
+        (the statistics of data-driven pruners, ``"stats/<module>/<target>"``). It holds no
+        module objects, so it can be saved with safetensors and JSON, without pickle.
+        """
+        state: dict[str, Any] = {"format": STATE_FORMAT, "pruner": self.registry_name,
+                                 "config_list": _jsonable(self.config_list)}
+        for module_name, targets in self.masks.items():
+            for name, mask in targets.items():
+                state[f"masks/{module_name}/{name}"] = mask.detach().bool().cpu().clone()  # no shared storage
+        state.update(self._extra_state())
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned: the masks are attached to the model
+        (in place) and the learned state restored.
+
+        Raises:
+            ValueError: the state is of another format or pruner, was made with another
+                config_list, names a module or tensor the model does not have, holds a
+                mask of the wrong shape, or has keys this pruner does not know.
+            TypeError: the state is not a dict, or a mask or statistic is not a tensor.
+        """
+        name = type(self).__name__
+        if not isinstance(state, Mapping):
+            raise TypeError(f"{name}.load_state_dict: state must be a dict; got {type(state).__name__}.")
+        if state.get("format") != STATE_FORMAT:
+            raise ValueError(f"{name}.load_state_dict: 'format' must be {STATE_FORMAT!r}; got {state.get('format')!r}.")
+        if state.get("pruner") != self.registry_name:
+            raise ValueError(f"{name}.load_state_dict: the state is of pruner {state.get('pruner')!r}, "
+                             f"not {self.registry_name!r}.")
+        mine = _jsonable(self.config_list)
+        if _jsonable(state.get("config_list")) != mine:
+            raise ValueError(f"{name}.load_state_dict: the state was made with config_list "
+                             f"{state.get('config_list')!r}, but this pruner has {mine!r}.")
+        masks: Masks = {}
+        extra = {}
+        modules = dict(self.net.named_modules())
+        for key, value in state.items():
+            if key in ("format", "pruner", "config_list"):
+                continue
+            kind, _, rest = key.partition("/")
+            module_name, _, target = rest.rpartition("/")
+            if kind not in ("masks", *self._extra_state_kinds()) or not module_name or not target:
+                raise ValueError(f"{name}.load_state_dict: unknown key {key!r}; expected 'format', 'pruner', "
+                                 f"'config_list' or '<kind>/<module>/<target>' with a kind in "
+                                 f"{['masks', *self._extra_state_kinds()]}.")
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(f"{name}.load_state_dict: {key!r} must be a tensor; got {type(value).__name__}.")
+            if module_name not in modules:
+                raise ValueError(f"{name}.load_state_dict: {key!r} names module {module_name!r}, which "
+                                 f"{type(self.net).__name__} does not have{did_you_mean(module_name, modules)}.")
+            if kind == "masks":
+                masks.setdefault(module_name, {})[target] = value
+            else:
+                extra[key] = value
+        try:
+            masks = check_masks(self.net, masks)
+        except KeyError as err:
+            raise ValueError(f"{name}.load_state_dict: {err.args[0]}") from None
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{name}.load_state_dict: {err}") from None
+        self._load_extra_state(extra)
+        self.masks = masks
+        attach_masks(self.net, masks)
+
+    def _extra_state(self) -> dict[str, torch.Tensor]:
+        """The pruner's own learned state, keyed ``"<kind>/<module>/<target>"``."""
+        return {}
+
+    def _extra_state_kinds(self) -> tuple[str, ...]:
+        return ()
+
+    def _load_extra_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Validate and restore what :meth:`_extra_state` returned (raise ValueError)."""
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` as JSON would give it back (tuples become lists)."""
+    return json.loads(json.dumps(value))

@@ -21,6 +21,7 @@ class LevelPruner(Pruner):
         16
     """
 
+    needs = ()
     default_granularity = "element"
     criterion = staticmethod(magnitude)
 
@@ -40,6 +41,7 @@ class L1NormPruner(Pruner):
         (6, 6)
     """
 
+    needs = ()
     criterion = staticmethod(l1_norm)
 
 
@@ -47,6 +49,7 @@ class L1NormPruner(Pruner):
 class L2NormPruner(Pruner):
     """Prune the output channels with the smallest L2 norm (otherwise as L1NormPruner)."""
 
+    needs = ()
     criterion = staticmethod(l2_norm)
 
 
@@ -59,4 +62,5 @@ class FPGMPruner(Pruner):
     replaceable.
     """
 
+    needs = ()
     criterion = staticmethod(fpgm)

@@ -10,6 +10,7 @@ the usual allocator then turns them into masks.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -22,7 +23,7 @@ from ..config import ModuleSetting
 from ..evaluators.base import Evaluator
 from ..layers import LAYERS
 from ..masks import Masks
-from ..sparsity import to_units
+from ..sparsity import grid_shape, to_units
 from ..targets import get_module, original_parameter
 from .base import Pruner, Target
 
@@ -106,6 +107,34 @@ class DataPruner(Pruner):
     def score(self, target: Target, units: torch.Tensor) -> torch.Tensor:
         return self.stats[(target.module_name, target.name)].to(units.device)
 
+    def _stats_shape(self, target: Target) -> tuple[int, ...]:
+        """Shape of a target's statistics once gathered: one score per unit."""
+        n = 1
+        for g in grid_shape(target.shape, target.blocks):
+            n *= g
+        return (n,)
+
+    def _extra_state(self) -> dict[str, torch.Tensor]:
+        return {f"stats/{m}/{n}": v.detach().cpu().clone() for (m, n), v in self.stats.items()}
+
+    def _extra_state_kinds(self) -> tuple[str, ...]:
+        return ("stats",)
+
+    def _load_extra_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        by_key = {(t.module_name, t.name): t for t in self.targets}
+        stats = {}
+        for key, value in state.items():
+            module_name, _, name = key[len("stats/"):].rpartition("/")
+            t = by_key.get((module_name, name))
+            if t is None:
+                raise ValueError(f"{type(self).__name__}.load_state_dict: {key!r} is not a target of this pruner; "
+                                 f"its targets are {sorted(f'{m}.{n}' for m, n in by_key)}.")
+            if tuple(value.shape) != self._stats_shape(t):
+                raise ValueError(f"{type(self).__name__}.load_state_dict: {key!r} has shape {tuple(value.shape)}, "
+                                 f"but {module_name}.{name} needs {self._stats_shape(t)}.")
+            stats[(module_name, name)] = value
+        self.stats = stats
+
     def _require_channels(self) -> None:
         for t in self.targets:
             if t.name == "weight" and (t.per_channel or t.setting.granularity not in ("default", "out_channel")):
@@ -166,6 +195,8 @@ class ActivationAPoZRankPruner(_ActivationPruner):
     that are zero most often go first.
     """
 
+    needs = ("evaluator", "training_steps")
+
     def _reduce(self, per: torch.Tensor) -> torch.Tensor:
         return torch.stack([(per == 0).sum(1).to(per.dtype), torch.full_like(per[:, 0], per.shape[1])])
 
@@ -181,6 +212,8 @@ class ActivationMeanRankPruner(_ActivationPruner):
     Molchanov et al. (ICLR 2017) rank by mean activation; statistics are gathered over
     ``training_steps`` steps of training as for ActivationAPoZRankPruner.
     """
+
+    needs = ("evaluator", "training_steps")
 
     def _reduce(self, per: torch.Tensor) -> torch.Tensor:
         return torch.stack([per.sum(1), torch.full_like(per[:, 0], per.shape[1])])
@@ -198,6 +231,11 @@ class TaylorFOWeightPruner(DataPruner):
     over ``training_steps`` steps, accumulate ``(w * dL/dw) ** 2`` per weight (read just
     before each optimizer step); a unit's score is the sum over its weights.
     """
+
+    needs = ("evaluator", "training_steps")
+
+    def _stats_shape(self, target: Target) -> tuple[int, ...]:
+        return target.shape  # accumulated per weight; summed per unit when scored
 
     def _install(self, evaluator: Evaluator) -> None:
         params = {}
@@ -245,6 +283,7 @@ class SlimPruner(DataPruner):
         regular_scale: weight of the L1 penalty (NNI 3.0's name and default).
     """
 
+    needs = ("evaluator", "training_steps")
     default_op_types = ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d")
 
     def __init__(self, model: nn.Module, config_list: list[dict[str, Any]], evaluator: Evaluator,
