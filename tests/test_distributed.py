@@ -1,33 +1,55 @@
-"""Two real processes (torchrun, gloo, CPU): every rank computes identical masks."""
+"""Two real processes (torchrun, gloo, CPU), each rank on data that alone would keep other
+channels: the statistics are combined over ranks, so every rank computes the masks of
+one process that sees both ranks' data."""
 
 import os
 import socket
 import subprocess
 import sys
 
+import _ddp_worker as worker
+import pytest
 import torch
 
 from secateurs import load_masks
 
 
-def test_data_driven_masks_are_identical_on_every_rank(tmp_path):
-    worker = os.path.join(os.path.dirname(__file__), "_ddp_worker.py")
+def _kept(masks):
+    return {(m, t): v for m, e in masks.items() for t, v in e.items()}
+
+
+@pytest.fixture(scope="module")
+def ddp_masks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-         f"--master_port={port}", worker, str(tmp_path)],
-        capture_output=True, text=True, env=env, timeout=240,
+         f"--master_port={port}", worker.__file__, str(out)],
+        capture_output=True, text=True, env=env, timeout=240, check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    for name in ("apoz", "meanrank", "taylor", "slim"):
-        rank0, rank1 = (load_masks(tmp_path / f"{name}-rank{r}.safetensors") for r in (0, 1))
-        assert rank0.keys() == rank1.keys() and rank0
-        pruned = 0
-        for module in rank0:
-            for target in rank0[module]:
-                assert torch.equal(rank0[module][target], rank1[module][target]), (name, module, target)
-                pruned += int((~rank0[module][target]).sum())
-        assert pruned > 0
+    return {name: [_kept(load_masks(out / f"{name}-rank{r}.safetensors")) for r in (0, 1)] for name in worker.CASES}
+
+
+@pytest.mark.parametrize("name", list(worker.CASES))
+def test_every_rank_gets_the_masks_of_one_process_that_sees_all_the_data(name, ddp_masks):
+    _, norm, _ = worker.CASES[name]
+    rank0, rank1 = ddp_masks[name]
+    r0, r1 = worker.rank_data(0), worker.rank_data(1)
+
+    def single(steps):
+        return _kept(worker.prune(name, worker.build(norm), steps))
+
+    both = single([[a, b] for a, b in zip(r0, r1)])  # each step averages the two ranks' losses, as DDP does
+    alone0, alone1 = single([[a] for a in r0]), single([[b] for b in r1])
+    assert rank0.keys() == rank1.keys() == both.keys() and rank0
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key
+        assert torch.equal(rank0[key], both[key]), key
+    # The data make the ranks disagree on their own, so the agreement above is the all-reduce's.
+    assert any(not torch.equal(alone0[k], alone1[k]) for k in alone0)
+    assert any(not torch.equal(alone0[k], both[k]) for k in alone0)
+    assert all(int((~v).sum()) > 0 for v in rank0.values())
