@@ -454,3 +454,22 @@ def test_a_layer_that_did_not_run_is_reported_unpruned():
     assert "aux" not in masks and int((~_kept_channels(masks["conv"]["weight"])).sum()) == 4
     rows = {(r.module_name, r.target): r for r in pruner.report().rows}
     assert rows[("aux", "weight")].pruned == 0 and rows[("aux", "weight")].note.endswith("did not run on the example input")
+
+
+def test_an_unknown_op_that_fixes_some_selected_channels_gives_one_warning_naming_it():
+    import warnings
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.fc = nn.Conv2d(3, 8, 1), nn.Conv2d(3, 8, 1), nn.Linear(16, 2)
+
+        def forward(self, x):
+            return self.fc(torch.cat([self.a(x), torch.cumsum(self.b(x), 1)], 1).mean((2, 3)))
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pruner = L1NormPruner(Net(), [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}], dummy_input=_x())
+        _, masks = pruner.compress()
+    assert len(caught) == 1 and "b.weight not pruned: unknown op 'cumsum'" in str(caught[0].message)
+    assert int((~masks["a"]["bias"]).sum()) == 4 and "b" not in masks

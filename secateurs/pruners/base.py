@@ -92,7 +92,8 @@ class Pruner:
             # Output layers keep their outputs unless a config names them in op_names.
             named = {n[len("module."):] if wrapped and n.startswith("module.") else n
                      for c in config_list if isinstance(c, dict) for n in c.get("op_names", ())}
-            self.graph = trace_channels(self.net, dummy_input, free_outputs=named & set(self.settings))
+            # Unknown ops are named by the one UnprunedWarning, for the selected channels they fix.
+            self.graph = trace_channels(self.net, dummy_input, warn=False, free_outputs=named & set(self.settings))
         families = [LAYERS.family_of(get_module(self.net, t.module_name)) is not None for t in self.targets]
         self._plan = plan_dependencies(self.targets, self.graph, families)
         self.unpruned: dict[tuple[str, str], str] = self._explain_fixed()
