@@ -15,6 +15,7 @@ from .pruners import (
     Pruner,
     SlimPruner,
     TaylorFOWeightPruner,
+    UnprunedWarning,
 )
 from .report import SparsityReport, sparsity_report
 from .speedup import ModelSpeedup, SpeedupReport, load_pruned_model, save_pruned_model
@@ -39,6 +40,7 @@ __all__ = [
     "SlimPruner",
     "TaylorFOWeightPruner",
     "TorchEvaluator",
+    "UnprunedWarning",
     "TransformersEvaluator",
     "FPGMPruner",
     "L1NormPruner",

@@ -132,16 +132,12 @@ class Depthwise(nn.Module):
         return self.pw2(self.grouped(x))
 
 
-def test_grouped_conv_makes_its_channels_unprunable_without_a_warning():
+def test_a_config_whose_layers_a_grouped_conv_fixes_is_refused_naming_it():
     model, x = Depthwise(), torch.randn(2, 3, 6, 6)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        pruner = L1NormPruner(model, [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}], dummy_input=x)
     # pw1 -> dw -> grouped: the grouped conv's input group (pw1, dw) and its own outputs
-    # (into pw2, whose outputs are the model's) are unprunable.
-    _, masks = pruner.compress()
-    assert all(bool(m.all()) for t in masks.values() for m in t.values())
-    assert any("grouped convolution grouped" in r for r in pruner.graph.reasons.values())
+    # (into pw2, whose outputs are the model's) are unprunable: the config prunes nothing.
+    with pytest.raises(ValueError, match="grouped convolution grouped"):
+        L1NormPruner(model, [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}], dummy_input=x)
 
 
 class DepthwiseNoGroupedConv(Depthwise):
@@ -221,12 +217,10 @@ class UnknownOp(nn.Module):
         return self.out(torch.cumsum(self.conv(x), dim=1))
 
 
-def test_an_unknown_op_is_named_and_its_channels_are_not_pruned():
+def test_an_unknown_op_is_named_and_a_config_it_leaves_nothing_to_prune_is_refused():
     x = torch.randn(1, 3, 4, 4)
-    model = UnknownOp()
-    with pytest.warns(UserWarning, match="cumsum"):
-        _, masks = L1NormPruner(model, [{"op_names": ["conv"], "sparse_ratio": 0.5}], dummy_input=x).compress()
-    assert masks == {} or all(m.all() for t in masks.values() for m in t.values())
+    with pytest.raises(ValueError, match="cumsum"):
+        L1NormPruner(UnknownOp(), [{"op_names": ["conv"], "sparse_ratio": 0.5}], dummy_input=x)
 
 
 def test_hand_masks_on_part_of_a_residual_group_are_kept_and_the_output_is_the_masked_models():
