@@ -502,12 +502,13 @@ def rule_matmul(tr: Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> N
     tr.set(out, result)
 
 
-@op_rule("linear", "linear")
+@op_rule("functional_linear", "linear")
 def rule_linear(tr: Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None:
     """``F.linear(x, w, b)``: x's last dim is contracted with w's dim 1; w's dim 0 and
     b are the output channels."""
     x, w, bias = args[0], _arg(args, kwargs, 1, "weight"), _arg(args, kwargs, 2, "bias")
     last = x.dim() - 1
+    tr.record_input(w, x, last)
     ax, aw = tr.get(x) or {}, tr.get(w) or {}
     in_ids, w_in = ax.get(last), aw.get(1)
     if in_ids is not None and w_in is not None:
@@ -527,7 +528,7 @@ def rule_linear(tr: Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> N
     tr.set(out, result)
 
 
-@op_rule("conv", "conv1d", "conv2d", "conv3d")
+@op_rule("functional_conv", "conv1d", "conv2d", "conv3d")
 def rule_conv(tr: Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None:
     """``F.conv*d`` with a module's (or any tracked) weight, as a conv layer would."""
     from ..layers.conv import trace_conv  # the layer family holds the channel flow
@@ -536,6 +537,7 @@ def rule_conv(tr: Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> Non
     x, w, bias = args[0], _arg(args, kwargs, 1, "weight"), _arg(args, kwargs, 2, "bias")
     groups = int(_arg(args, kwargs, 6, "groups", 1))
     cdim = x.dim() - w.dim() + 1
+    tr.record_input(w, x, cdim)
     use = ModuleUse(f"'{name}'", name)
     ann = trace_conv(tr, f"'{name}'", x, cdim, x.shape[cdim], w.shape[0], groups, use,
                      lambda a: tr.bind(w, a, f"'{name}' with a weight that carries no channel variables"),
@@ -543,7 +545,7 @@ def rule_conv(tr: Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> Non
     tr.set(out, ann)
 
 
-@op_rule("batch_norm", "batch_norm", "instance_norm")
+@op_rule("functional_batch_norm", "batch_norm", "instance_norm")
 def rule_batch_norm(tr: Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None:
     """``F.batch_norm(x, running_mean, running_var, weight, bias, ...)``: per channel (dim 1)."""
     x = args[0]
@@ -557,7 +559,7 @@ def rule_batch_norm(tr: Tracer, name: str, args: tuple, kwargs: dict, out: Any) 
     tr.set(out, {**dict(tr.get(x) or {}), cdim: ids})
 
 
-@op_rule("group_norm", "group_norm")
+@op_rule("functional_group_norm", "group_norm")
 def rule_group_norm(tr: Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None:
     from ..layers.group_norm import trace_group_norm
     from .trace import ModuleUse
@@ -624,7 +626,7 @@ def rule_roll(tr: Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> Non
     tr.set(out, ann)
 
 
-@op_rule("layer_norm", "layer_norm", "rms_norm")
+@op_rule("functional_layer_norm", "layer_norm", "rms_norm")
 def rule_layer_norm(tr: Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None:
     from ..layers.layer_norm import fix_normalised
 

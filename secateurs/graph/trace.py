@@ -161,6 +161,7 @@ class Tracer:
         self.uses: Counter[int] = Counter()  # tensor id -> how many ops and layers read it
         self.made_by: dict[int, str] = {}  # tensor id -> the layer that returned it
         self.out_key: dict[str, int] = {}
+        self.stats: dict[str, torch.Tensor] | None = None  # per-layer input statistics, when recorded
         plain = lambda n: _PARAMETRIZED.sub(r".\1", n)  # noqa: E731
         named = list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False))
         self.param_names = {id(t): plain(n) for n, t in named if not _MASK_BUFFER.search(n)}
@@ -267,6 +268,14 @@ class Tracer:
         if ids is None or ids.numel() != size:
             ids = self.fixed_fresh(size, why)
         return ids
+
+    def record_input(self, weight: Any, x: torch.Tensor, dim: int) -> None:
+        """Input statistics of the layer whose ``weight`` a functional op (``F.linear``,
+        ``F.conv2d``) applies to ``x``, when statistics are recorded."""
+        name = self.param_names.get(id(weight), "") if isinstance(weight, torch.Tensor) else ""
+        if self.stats is not None and name.endswith(".weight"):
+            owner = name[: -len(".weight")]
+            self.stats[owner] = channel_stats(x, dim, self.stats.get(owner))
 
     # -- modules -------------------------------------------------------------------------
     def on_module(self, module: nn.Module, family: LayerFamily, args: tuple, kwargs: dict, out: Any) -> None:
@@ -449,6 +458,8 @@ def trace_channels(
     """
     tracer = Tracer(model)
     stats: dict[str, torch.Tensor] = {}
+    if record_inputs:
+        tracer.stats = stats
     handles = []
 
     def pre(module, args, kwargs):
@@ -524,6 +535,10 @@ def trace_channels(
             h.remove()
         for m, mode in modes.items():
             m.training = mode
+    for name, m in model.named_modules():
+        family = LAYERS.family_of(m)
+        if family is not None and name not in tracer.modules and f"{name}.weight" in tracer.tensors:
+            tracer.on_traced_through(m, family, None, None)  # not called, but ops used its weight
     graph = tracer.finish(outputs, free_outputs)
     if record_inputs:
         graph.input_stats, graph.output = stats, outputs

@@ -126,7 +126,13 @@ class Pruner:
                     f"because the trace fixes every output channel of each: {layers}. Select other layers or "
                     f"exclude these.{hint}"
                 )
-        listed = "; ".join(f"{m}.{n} {note}" for (m, n), note in notes.items())
+        # An output layer kept whole is the documented default (DESIGN.md: outputs are pruned only
+        # when named), so it is in the report but not in the warning.
+        surprising = {(self.targets[i].module_name, self.targets[i].name) for i, (k, n, reasons) in fixed.items()
+                      if k != n or set(reasons) != {"model output"}}
+        listed = "; ".join(f"{m}.{n} {note}" for (m, n), note in notes.items() if (m, n) in surprising)
+        if not listed:
+            return notes
         warnings.warn(f"{type(self).__name__}: with dummy_input, these selected channels stay unpruned: {listed}.",
                       UnprunedWarning, stacklevel=3)
         return notes

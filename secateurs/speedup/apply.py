@@ -110,6 +110,9 @@ def apply_plan(model: nn.Module, graph: ChannelGraph, plan: Plan, undo: Undo,
                 m._buffers[a] = new
         for m, _ in holders:
             touched_modules[id(m)] = m
+    for name in graph.modules:  # layers without tensors (InstanceNorm without affine) change size too
+        module = model.get_submodule(name)
+        touched_modules.setdefault(id(module), module)
     removed_out: dict[str, int] = {}
     names = {id(m): n for n, m in model.named_modules()}
     for module in touched_modules.values():

@@ -185,7 +185,8 @@ def plan_removal(model: nn.Module, graph: ChannelGraph, masks: Mapping[str, Mapp
             plan.extended.append(f"{name}: {extra} more output channel(s) removed with their group, whose values "
                                  "never reach a consumer")
     for name, targets in masks.items():
-        if name not in graph.modules and any(not bool(m.all()) for m in targets.values()):
+        traced = any(f"{name}.{t}" if name else t in graph.tensors for t in targets)
+        if name not in graph.modules and not traced and any(not bool(m.all()) for m in targets.values()):
             plan.not_shrunk.append(f"{name}: masked, but it did not run as a layer on the example input "
                                    "(not called, or its weights are used by other code)")
     return plan
