@@ -31,7 +31,7 @@ def __getattr__(name: str):
         return getattr(evaluators, name)
     raise AttributeError(f"module 'secateurs' has no attribute {name!r}")
 
-__all__ = [
+_all = [
     "PRUNERS",
     "ActivationAPoZRankPruner",
     "ActivationMeanRankPruner",
@@ -61,3 +61,17 @@ __all__ = [
     "save_pruned_model",
     "sparsity_report",
 ]
+# `from secateurs import *` must work without the optional frameworks: their evaluators are
+# exported only when the framework is installed (they still import on first use).
+def _installed(package: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+_NEEDS = {"LightningEvaluator": "lightning", "TransformersEvaluator": "transformers"}
+__all__ = [n for n in _all if n not in _NEEDS or _installed(_NEEDS[n])]
+del _all
