@@ -276,8 +276,9 @@ class SlimPruner(DataPruner):
 
     With ``dummy_input`` the masks cover the whole channel group. Without it, masks on a
     norm layer cover its weight and bias, and :class:`~secateurs.ModelSpeedup` still
-    removes the producing convolution's channels (a channel whose scale and shift are
-    both zero outputs zero), which NNI's speedup did not.
+    removes the producing convolution's channels where its output feeds only that norm
+    layer (a channel whose scale and shift are both zero outputs zero), which NNI's
+    speedup did not; channels a residual connection carries past the norm are kept.
 
     Args:
         regular_scale: weight of the L1 penalty (NNI 3.0's name and default).
