@@ -233,7 +233,9 @@ def validate_config(config: Any, index: int, schema: ConfigSchema) -> dict[str, 
         text = str(err)
         if isinstance(config, Mapping):
             for old, new in _NNI2_TARGET.items():
-                if old in config and repr(new) in text:
+                # Only a message about the translated key, in words the user did not write: one
+                # that names the user's key already (or the new key they also gave) stays as it is.
+                if old in config and new not in config and repr(old) not in text and repr(new) in text:
                     text = text.replace(repr(new), f"{old!r} (NNI 2.x; read as {new!r})")
         if text == str(err):
             raise
