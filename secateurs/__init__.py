@@ -31,17 +31,15 @@ def __getattr__(name: str):
         return getattr(evaluators, name)
     raise AttributeError(f"module 'secateurs' has no attribute {name!r}")
 
-_all = [
+__all__ = [
     "PRUNERS",
     "ActivationAPoZRankPruner",
     "ActivationMeanRankPruner",
     "Evaluator",
-    "LightningEvaluator",
     "SlimPruner",
     "TaylorFOWeightPruner",
     "TorchEvaluator",
     "UnprunedWarning",
-    "TransformersEvaluator",
     "FPGMPruner",
     "L1NormPruner",
     "L2NormPruner",
@@ -61,6 +59,8 @@ _all = [
     "save_pruned_model",
     "sparsity_report",
 ]
+
+
 # `from secateurs import *` must work without the optional frameworks: their evaluators are
 # exported only when the framework is installed (they still import on first use).
 def _installed(package: str) -> bool:
@@ -72,6 +72,5 @@ def _installed(package: str) -> bool:
         return False
 
 
-_NEEDS = {"LightningEvaluator": "lightning", "TransformersEvaluator": "transformers"}
-__all__ = [n for n in _all if n not in _NEEDS or _installed(_NEEDS[n])]
-del _all
+__all__ += [name for name, package in (("LightningEvaluator", "lightning"), ("TransformersEvaluator", "transformers"))
+            if _installed(package)]

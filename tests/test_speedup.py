@@ -2,7 +2,6 @@
 exactly what the masked model computed."""
 
 import dataclasses
-import warnings
 
 import pytest
 import torch

@@ -1,7 +1,17 @@
 """Tracing and channel-dependency analysis."""
 
 from .rules import OP_RULES
-from .trace import ChannelGraph, ModuleUse, Tracer, call_with, channel_stats, output_leaves, trace_channels
+from .trace import (
+    ChannelGraph,
+    ModuleUse,
+    Tracer,
+    call_with,
+    channel_stats,
+    no_gc,
+    output_leaves,
+    plain_name,
+    trace_channels,
+)
 
-__all__ = ["OP_RULES", "ChannelGraph", "ModuleUse", "Tracer", "call_with", "channel_stats", "output_leaves",
+__all__ = ["OP_RULES", "ChannelGraph", "ModuleUse", "Tracer", "call_with", "channel_stats", "no_gc", "output_leaves", "plain_name",
            "trace_channels"]

@@ -16,11 +16,13 @@ buffers are untouched.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import re
 import warnings
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,8 +41,8 @@ Ids = torch.Tensor  # 1-D int64: position -> variable
 Ann = dict  # dim -> Ids, for the dims of a tensor that carry channel variables
 # A masked parameter is stored as "<module>.parametrizations.<name>.original"; the tracer
 # knows it by its plain name "<module>.<name>". The mask buffers themselves are ours.
-_PARAMETRIZED = re.compile(r"\.parametrizations\.(\w+)\.original$")
-_MASK_BUFFER = re.compile(r"\.parametrizations\.\w+\.\d+\.")
+_PARAMETRIZED = re.compile(r"(^|\.)parametrizations\.(\w+)\.original$")
+_MASK_BUFFER = re.compile(r"(^|\.)parametrizations\.\w+\.\d+\.")
 _IGNORED = {"size", "dim", "numel", "__get__", "__len__", "__bool__", "__index__", "__int__", "__float__",
             "__format__", "__repr__", "__hash__", "item", "tolist", "is_floating_point", "is_contiguous",
             "element_size", "stride", "data_ptr", "__setstate__", "get_device", "_assert", "dim_order",
@@ -48,6 +50,24 @@ _IGNORED = {"size", "dim", "numel", "__get__", "__len__", "__bool__", "__index__
             "nelement", "ndimension", "__array__", "__reduce_ex__", "__deepcopy__"}
 _FACTORY = {"new_zeros", "new_ones", "new_full", "new_empty", "new_tensor", "zeros_like", "ones_like",
             "empty_like", "full_like", "rand_like", "randn_like", "randint_like"}
+
+
+def plain_name(fqn: str) -> str:
+    """A tensor's name as the tracer knows it: a masked parameter by its plain name."""
+    return _PARAMETRIZED.sub(r"\1\2", fqn)
+
+
+@contextlib.contextmanager
+def no_gc() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector: a trace makes many short-lived objects, and
+    collections over a large model's objects cost more than the trace itself."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 @dataclass
@@ -162,9 +182,9 @@ class Tracer:
         self.made_by: dict[int, str] = {}  # tensor id -> the layer that returned it
         self.out_key: dict[str, int] = {}
         self.stats: dict[str, torch.Tensor] | None = None  # per-layer input statistics, when recorded
-        plain = lambda n: _PARAMETRIZED.sub(r".\1", n)  # noqa: E731
+        self.masked_from: dict[int, torch.Tensor] = {}  # id of a masked weight -> its stored parameter
         named = list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False))
-        self.param_names = {id(t): plain(n) for n, t in named if not _MASK_BUFFER.search(n)}
+        self.param_names = {id(t): plain_name(n) for n, t in named if not _MASK_BUFFER.search(n)}
         self.module_names = {id(m): n for n, m in model.named_modules(remove_duplicate=False)}
         self.keep_alive: list[Any] = []
 
@@ -272,6 +292,7 @@ class Tracer:
     def record_input(self, weight: Any, x: torch.Tensor, dim: int) -> None:
         """Input statistics of the layer whose ``weight`` a functional op (``F.linear``,
         ``F.conv2d``) applies to ``x``, when statistics are recorded."""
+        weight = self.masked_from.get(id(weight), weight)
         name = self.param_names.get(id(weight), "") if isinstance(weight, torch.Tensor) else ""
         if self.stats is not None and name.endswith(".weight"):
             owner = name[: -len(".weight")]
@@ -478,6 +499,8 @@ def trace_channels(
     def mask_post(module, args, kwargs, out):
         if tracer.depth == 1:  # a mask computed outside a plain layer: weight * mask keeps its channels
             tracer.set(out, dict(tracer.get(args[0]) or {}))
+            tracer.masked_from[id(out)] = args[0]
+            tracer.keep_alive.append(out)
         tracer.depth -= 1
 
     def traced_through(family):
@@ -519,7 +542,7 @@ def trace_channels(
     modes = {m: m.training for m in model.modules()}
     try:
         model.eval()
-        with torch.no_grad(), _Recorder(tracer):
+        with torch.no_grad(), _Recorder(tracer), no_gc():
             try:
                 outputs = call_with(model, example)
             except Exception as e:

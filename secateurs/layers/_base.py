@@ -29,6 +29,16 @@ if TYPE_CHECKING:  # the tracer imports this package, not the other way round
     from ..graph.trace import Ann, ModuleUse, Tracer
 
 
+def stored(module: nn.Module, attr: str = "weight") -> torch.Tensor | None:
+    """The stored tensor behind ``module.<attr>``: a masked one's original, without computing
+    the masked value (shapes and dims are the same)."""
+    params = getattr(module, "parametrizations", None)
+    if params is not None and attr in params:
+        plist = params[attr]
+        return getattr(plist, "original", None) if hasattr(plist, "original") else getattr(module, attr)
+    return getattr(module, attr, None)
+
+
 class LayerFamily:
     """Base of the layer families; subclasses set ``name`` and ``types``.
 

@@ -6,7 +6,7 @@ import math
 
 import torch.nn as nn
 
-from ._base import LayerFamily
+from ._base import LayerFamily, stored
 
 
 def _kind(groups: int, c_in: int, c_out: int) -> str:
@@ -33,21 +33,21 @@ class Conv(LayerFamily):
         return 0, (1 if kind == "dense" else None)
 
     def trace(self, tr, module, name, x, args, kwargs, out, use):
-        cdim = x.dim() - module.weight.dim() + 1
+        cdim = x.dim() - stored(module).dim() + 1
         return trace_conv(tr, name, x, cdim, module.in_channels, module.out_channels, module.groups, use,
                           lambda ann: tr.module_param(module, "weight", ann),
                           lambda ann: tr.module_param(module, "bias", ann))
 
     def input_channel_dim(self, module, x):
-        return x.dim() - module.weight.dim() + 1
+        return x.dim() - stored(module).dim() + 1
 
     def update_attrs(self, module, n_in, n_out):
         kind = _kind(module.groups, module.in_channels, module.out_channels)
-        c_out = module.weight.shape[0]
+        c_out = stored(module).shape[0]
         if kind == "depthwise":
             module.in_channels = module.out_channels = module.groups = c_out
         else:
-            module.in_channels, module.out_channels = module.weight.shape[1] * module.groups, c_out
+            module.in_channels, module.out_channels = stored(module).shape[1] * module.groups, c_out
 
     def fold(self, module, gone, value):
         w = module.weight.detach()

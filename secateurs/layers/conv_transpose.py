@@ -6,7 +6,7 @@ import math
 
 import torch.nn as nn
 
-from ._base import LayerFamily
+from ._base import LayerFamily, stored
 from .conv import _kind
 
 
@@ -36,7 +36,7 @@ class ConvTranspose(LayerFamily):
         return None
 
     def trace(self, tr, module, name, x, args, kwargs, out, use):
-        cdim = x.dim() - module.weight.dim() + 1
+        cdim = x.dim() - stored(module).dim() + 1
         in_ids = tr.channel_in(x, cdim, module.in_channels, f"input of {name} carries no channel variables")
         kind = _kind(module.groups, module.in_channels, module.out_channels)
         if kind == "depthwise":
@@ -59,7 +59,7 @@ class ConvTranspose(LayerFamily):
         return {cdim: out_ids}
 
     def input_channel_dim(self, module, x):
-        return x.dim() - module.weight.dim() + 1
+        return x.dim() - stored(module).dim() + 1
 
     def update_attrs(self, module, n_in, n_out):
         w = module.weight

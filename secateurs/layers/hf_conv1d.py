@@ -3,7 +3,14 @@ transposed, ``(in, out)``, with sizes in ``nx`` / ``nf``."""
 
 from __future__ import annotations
 
-from ._base import LayerFamily
+from torch.nn.utils import parametrize
+
+from ._base import LayerFamily, stored
+
+
+def _original_class(module):
+    """The module's own class (a masked module's class is a parametrized subclass)."""
+    return type(module).__bases__[0] if parametrize.is_parametrized(module) else type(module)
 from .linear import trace_last_dim
 
 
@@ -14,12 +21,12 @@ class HFConv1D(LayerFamily):
 
     def claims(self, module):
         # Matched by name so that transformers stays optional.
-        return type(module).__name__ == "Conv1D" and type(module).__module__.startswith("transformers") \
-            and hasattr(module, "nf")
+        cls = _original_class(module)
+        return cls.__name__ == "Conv1D" and cls.__module__.startswith("transformers") and hasattr(module, "nf")
 
     def is_plain(self, module):
         direct = {n for n, _ in module.named_parameters(recurse=False)}
-        return type(module).__module__.startswith("transformers") and direct <= {"weight", "bias"}
+        return _original_class(module).__module__.startswith("transformers") and direct <= {"weight", "bias"}
 
     def weight_dims(self, module):
         return 1, 0
@@ -29,7 +36,7 @@ class HFConv1D(LayerFamily):
             tr.module_param(module, "weight", {0: in_ids, 1: out_ids})
             tr.module_param(module, "bias", {0: out_ids})
 
-        return trace_last_dim(tr, name, x, module.weight.shape[0], module.nf, use, register)
+        return trace_last_dim(tr, name, x, stored(module).shape[0], module.nf, use, register)
 
     def input_channel_dim(self, module, x):
         return x.dim() - 1
@@ -45,4 +52,4 @@ class HFConv1D(LayerFamily):
         return value.to(w) @ w.index_select(0, gone), True
 
     def macs(self, module, args, out):
-        return out.numel() * module.weight.shape[0]
+        return out.numel() * stored(module).shape[0]

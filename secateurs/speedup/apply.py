@@ -60,58 +60,73 @@ def _slice(t: torch.Tensor, dims: dict[int, torch.Tensor]) -> torch.Tensor:
 
 
 def apply_plan(model: nn.Module, graph: ChannelGraph, plan: Plan, undo: Undo,
+               masks: dict[int, tuple[torch.Tensor, torch.Tensor]],
                optimizer: torch.optim.Optimizer | None = None) -> dict[str, int]:
     """Shrink ``model`` in place by ``plan``; every change is logged in ``undo``.
+
+    Args:
+        masks: id of a parameter -> (parameter, mask). Each masked parameter ends up holding
+            its masked value; only the kept part is multiplied (slice first, then mask).
 
     Returns:
         module name -> output channels removed, for the report.
     """
     removed = plan.removed
     owners = _owners(model)
-    for fold in plan.folds:  # into the bias before slicing: contributions are per original output
-        module = model.get_submodule(fold.module)
+    modules = dict(model.named_modules())
+    folds: dict[int, torch.Tensor] = {}
+    for fold in plan.folds:  # per original output channel; added to the bias as it is sliced
+        module = modules[fold.module]
         if module.bias is None:
             w = module.weight
-            bias = nn.Parameter(torch.zeros(fold.contribution.shape[0], dtype=w.dtype, device=w.device))
-            module.bias = bias
+            module.bias = nn.Parameter(torch.zeros(fold.contribution.shape[0], dtype=w.dtype, device=w.device))
             undo.add(lambda m=module: m.register_parameter("bias", None))
-            use = graph.modules[fold.module]
-            graph.tensors[f"{fold.module}.bias"] = {0: use.out_ids}
+            graph.tensors[f"{fold.module}.bias"] = {0: graph.modules[fold.module].out_ids}
             owners[f"{fold.module}.bias"] = [(module, "bias")]
-        undo.set_data(module.bias, module.bias.data + fold.contribution.to(module.bias))
+        folds[id(module.bias)] = fold.contribution
     state = optimizer.state if optimizer is not None else {}
-    touched: set[int] = set()
-    touched_modules: dict[int, nn.Module] = {}
+    jobs: dict[int, tuple[torch.Tensor, list, dict[int, torch.Tensor]]] = {}
     for fqn, dims in graph.tensors.items():
-        index = {d: k for d, ids in dims.items() if (k := _keep_index(ids, graph, removed)) is not None}
         holders = owners.get(fqn)
-        if not index or not holders:
+        if not holders:
             continue
-        module, attr = holders[0]
-        t = getattr(module, attr)
-        if id(t) in touched:
+        t = getattr(*holders[0])
+        index = {d: k for d, ids in dims.items() if (k := _keep_index(ids, graph, removed)) is not None}
+        if id(t) not in jobs or index:
+            jobs[id(t)] = (t, holders, index)
+    for key, (p, _) in masks.items():
+        jobs.setdefault(key, (p, [], {}))
+    touched_modules: dict[int, nn.Module] = {}
+    for key, (t, holders, index) in jobs.items():
+        mask, extra = masks.get(key, (None, None))[1], folds.get(key)
+        if not index and mask is None and extra is None:
             continue
-        touched.add(id(t))
         old_shape = t.shape
-        if isinstance(t, nn.Parameter):
-            undo.set_data(t, _slice(t.data, index))
-            if t.grad is not None:
-                grad = t.grad
-                undo.add(lambda t=t, g=grad: setattr(t, "grad", g))
-                t.grad = _slice(grad, index) if grad.shape == old_shape else None
-            for key, value in list(state.get(t, {}).items()):
-                if isinstance(value, torch.Tensor) and value.shape == old_shape:
-                    undo.add(lambda s=state[t], k=key, v=value: s.__setitem__(k, v))
-                    state[t][key] = _slice(value, index)
-        else:
+        if not isinstance(t, nn.Parameter):
             new = _slice(t, index)
             for m, a in holders:
                 undo.add(lambda m=m, a=a, v=t: m._buffers.__setitem__(a, v))
                 m._buffers[a] = new
-        for m, _ in holders:
-            touched_modules[id(m)] = m
+        else:
+            new = _slice(t.data, index)
+            if mask is not None:
+                new = new * _slice(mask, index).to(new.dtype)
+            if extra is not None:
+                new = new + _slice(extra.to(new), {0: index[0]} if 0 in index else {})
+            undo.set_data(t, new)
+            if index and t.grad is not None:
+                grad = t.grad
+                undo.add(lambda t=t, g=grad: setattr(t, "grad", g))
+                t.grad = _slice(grad, index) if grad.shape == old_shape else None
+            for k, value in list(state.get(t, {}).items()) if index else ():
+                if isinstance(value, torch.Tensor) and value.shape == old_shape:
+                    undo.add(lambda s=state[t], k=k, v=value: s.__setitem__(k, v))
+                    state[t][k] = _slice(value, index)
+        if index:
+            for m, _ in holders:
+                touched_modules[id(m)] = m
     for name in graph.modules:  # layers without tensors (InstanceNorm without affine) change size too
-        module = model.get_submodule(name)
+        module = modules[name]
         touched_modules.setdefault(id(module), module)
     removed_out: dict[str, int] = {}
     names = {id(m): n for n, m in model.named_modules()}

@@ -2,13 +2,14 @@
 
 Steps (see :mod:`.plan`, :mod:`.apply`, :mod:`.verify`):
 
-1. validate the arguments and masks; apply the masks to the parameters (keeping the
-   stored values for undo) so the model computes what the user's masked model computes;
+1. validate the arguments and masks; attach the given masks (with those attached) so the
+   model computes what the user's masked model computes;
 2. trace it once (:func:`secateurs.graph.trace_channels` with ``record_inputs``): the
    channel groups, the value each channel carries into each layer, and the reference
    output, which is the user's masked model's;
 3. plan which groups go (only what removes exactly; the rest is kept and reported);
-4. apply in place: parameters keep their identity (``p.data`` is sliced), buffers and
+4. detach the masks and apply in place: each parameter is sliced, then its kept part is
+   masked; parameters keep their identity (``p.data`` is replaced), buffers and
    module attributes follow, the optimizer's state is sliced with its parameters;
 5. verify against the reference; on a difference beyond ``tolerance`` every change is
    undone (masks re-attached) and ``RuntimeError`` says how far apart they were.
@@ -26,9 +27,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..graph import call_with, trace_channels
+from ..graph import call_with, no_gc, trace_channels
 from ..masks import attach_masks, check_masks, detach_masks, get_masks
-from ..targets import get_module, original_parameter
+from ..targets import original_parameter
 from .apply import Undo, apply_plan
 from .plan import plan_removal
 from .verify import compare_outputs
@@ -89,16 +90,30 @@ def _check_args(model, dummy_input, tolerance, verify, prune_outputs, optimizer)
         raise TypeError(f"ModelSpeedup: 'optimizer' must be a torch.optim.Optimizer; got {type(optimizer).__name__}.")
 
 
-def _apply_masks(model: nn.Module, masks: Mapping, undo: Undo) -> None:
-    """Make the parameters hold their masked values (attached masks and given ones);
-    the undo log restores the stored values and re-attaches the masks."""
+def _attach_given(model: nn.Module, masks: Mapping, undo: Undo) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Make the model compute with every mask (attached ones AND given ones) for the trace;
+    the undo log puts back exactly the masks that were attached.
+
+    Returns:
+        id of each masked parameter -> (parameter, mask).
+    """
     attached = {n: dict(t) for n, t in get_masks(model).items()}
-    stored = [(original_parameter(get_module(model, n), t), m) for n, ts in attached.items() for t, m in ts.items()]
-    detach_masks(model, apply=False)
-    undo.add(lambda: attach_masks(model, attached))
-    given = [(getattr(get_module(model, n), t), m) for n, ts in masks.items() for t, m in ts.items()]
-    for p, mask in stored + given:
-        undo.set_data(p, p.data * mask.to(p.dtype))
+    combined = {n: dict(t) for n, t in attached.items()}
+    for name, targets in masks.items():
+        for target, mask in targets.items():
+            old = combined.setdefault(name, {}).get(target)
+            combined[name][target] = mask if old is None else old & mask
+
+    def restore() -> None:
+        detach_masks(model, apply=False)
+        attach_masks(model, attached)
+
+    undo.add(restore)
+    if any(t not in attached.get(n, {}) or attached[n][t] is not m for n, ts in combined.items() for t, m in ts.items()):
+        attach_masks(model, combined)
+    modules = dict(model.named_modules())
+    return {id(p): (p, m) for n, ts in combined.items() for t, m in ts.items()
+            for p in [original_parameter(modules[n], t)]}
 
 
 class ModelSpeedup:
@@ -159,38 +174,14 @@ class ModelSpeedup:
         model, report = self.model, self.report
         report.params_before = sum(p.numel() for p in model.parameters())
         undo = Undo()
-        try:
-            _apply_masks(model, self.masks, undo)
-            free = list(self.masks) if self.prune_outputs else ()
-            graph = trace_channels(model, self.dummy_input, record_inputs=True, free_outputs=free)
-            plan = plan_removal(model, graph, self.masks)
-            report.kept, report.extended, report.not_shrunk = plan.kept, plan.extended, plan.not_shrunk
-            report.folded = [f"{f.module}: bias took the constant of {f.channels} removed input channel(s)"
-                             for f in plan.folds]
-            report.removed = apply_plan(model, graph, plan, undo, self.optimizer)
-            if self.verify:
-                modes = {m: m.training for m in model.modules()}
-                try:
-                    model.eval()
-                    with torch.no_grad():
-                        out = call_with(model, self.dummy_input)
-                finally:
-                    for m, mode in modes.items():
-                        m.training = mode
-                reference = _kept_outputs(graph, plan.removed) if self.prune_outputs else graph.output
-                report.max_abs_diff, report.max_rel_diff, report.where = compare_outputs(out, reference)
-                if not report.max_rel_diff <= self.tolerance:
-                    raise _Mismatch(
-                        f"ModelSpeedup: the shrunk model differs from the masked model by {report.max_rel_diff:.3g} "
-                        f"(relative, at {report.where}; tolerance {self.tolerance}); the model was left unchanged. "
-                        "Some op outside the known layers consumes the removed channels; prune with dummy_input=... "
-                        f"or exclude the layers named below.\n{report}"
-                    )
-        except BaseException as e:
-            undo.run()
-            if isinstance(e, _Mismatch):
-                raise RuntimeError(str(e)) from None
-            raise
+        with no_gc():
+            try:
+                self._shrink(undo)
+            except BaseException as e:
+                undo.run()
+                if isinstance(e, _Mismatch):
+                    raise RuntimeError(str(e)) from None
+                raise
         report.params_after = sum(p.numel() for p in model.parameters())
         lines = report.kept + report.not_shrunk
         if lines:
@@ -198,6 +189,39 @@ class ModelSpeedup:
             warnings.warn(f"ModelSpeedup kept some masked channels (see report.kept / report.not_shrunk): {shown}",
                           stacklevel=2)
         return model
+
+
+    def _shrink(self, undo: Undo) -> None:
+        """Steps 1-5 of the module docstring; every change to the model is logged in ``undo``."""
+        model, report = self.model, self.report
+        masked = _attach_given(model, self.masks, undo)
+        free = list(self.masks) if self.prune_outputs else ()
+        graph = trace_channels(model, self.dummy_input, record_inputs=True, free_outputs=free)
+        plan = plan_removal(model, graph, masked)
+        detach_masks(model, apply=False)  # the masked values are written as the tensors are sliced
+        report.kept, report.extended, report.not_shrunk = plan.kept, plan.extended, plan.not_shrunk
+        report.folded = [f"{f.module}: bias took the constant of {f.channels} removed input channel(s)"
+                         for f in plan.folds]
+        report.removed = apply_plan(model, graph, plan, undo, masked, self.optimizer)
+        if not self.verify:
+            return
+        modes = {m: m.training for m in model.modules()}
+        try:
+            model.eval()
+            with torch.no_grad():
+                out = call_with(model, self.dummy_input)
+        finally:
+            for m, mode in modes.items():
+                m.training = mode
+        reference = _kept_outputs(graph, plan.removed) if self.prune_outputs else graph.output
+        report.max_abs_diff, report.max_rel_diff, report.where = compare_outputs(out, reference)
+        if not report.max_rel_diff <= self.tolerance:
+            raise _Mismatch(
+                f"ModelSpeedup: the shrunk model differs from the masked model by {report.max_rel_diff:.3g} "
+                f"(relative, at {report.where}; tolerance {self.tolerance}); the model was left unchanged. "
+                "Some op outside the known layers consumes the removed channels; prune with dummy_input=... "
+                f"or exclude the layers named below.\n{report}"
+            )
 
 
 class _Mismatch(Exception):

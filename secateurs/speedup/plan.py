@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
+from torch.nn.utils import parametrize
 
-from ..graph import ChannelGraph
+from ..graph import ChannelGraph, plain_name
 from ..layers import LAYERS
 
 _SAME = 1e-6  # relative spread below which a channel's input counts as constant
@@ -57,6 +58,13 @@ def _channel_zero(mask: torch.Tensor, dim: int) -> torch.Tensor:
     return ~mask.movedim(dim, 0).reshape(mask.shape[dim], -1).any(1)
 
 
+def _stored(module: nn.Module, attr: str):
+    """The stored parameter behind ``module.<attr>`` (a masked one's original), or None."""
+    if parametrize.is_parametrized(module, attr):
+        return module.parametrizations[attr].original
+    return getattr(module, attr, None)
+
+
 _FOLLOWERS = ("batch_norm", "instance_norm", "group_norm", "prelu")  # pass their input's channels on
 
 
@@ -70,15 +78,16 @@ def _sources(model: nn.Module, graph: ChannelGraph, masks: Mapping) -> tuple[tor
     shift are both masked there (Network Slimming's masks), which outputs zero.
     """
     n_comp = graph.fixed.numel()
-    # Masks by tensor, so a tied weight's mask is found from every module that holds it.
-    by_tensor = {id(getattr(model.get_submodule(n), t)): m for n, ts in masks.items() for t, m in ts.items()}
+    modules = dict(model.named_modules())
+    # Masks by stored parameter, so a tied weight's mask is found from every module that holds it.
+    by_tensor = {key: m for key, (_, m) in masks.items()}
     wanted = torch.zeros(n_comp, dtype=torch.bool)
     live = torch.zeros(n_comp, dtype=torch.bool)
     silent_norm: dict[str, torch.Tensor] = {}
     for name, use in graph.modules.items():
-        module = model.get_submodule(name)
+        module = modules[name]
         if use.family in _FOLLOWERS and use.out_ids is not None:
-            w, b = (by_tensor.get(id(getattr(module, t, None))) for t in ("weight", "bias"))
+            w, b = (by_tensor.get(id(_stored(module, t))) for t in ("weight", "bias"))
             if w is not None and w.dim() == 1 and (b is not None or getattr(module, "bias", None) is None):
                 silent = ~w if b is None else ~w & ~b
                 wanted[graph.component[use.out_ids][silent]] = True
@@ -87,13 +96,13 @@ def _sources(model: nn.Module, graph: ChannelGraph, masks: Mapping) -> tuple[tor
     producers = []
     owned = set()
     for name, use in graph.modules.items():
-        module = model.get_submodule(name)
-        owned.update(f"{name}.{t}" for t, _ in module.named_parameters(recurse=False))
+        module = modules[name]
+        owned.update(plain_name(f"{name}.{t}") for t, _ in module.named_parameters())
         family = LAYERS.family_of(module)
         if use.out_ids is None or family is None or use.family in _FOLLOWERS:
             continue
         out_dim = family.weight_dims(module)[0]
-        weight = getattr(module, "weight", None)
+        weight = _stored(module, "weight")
         if out_dim is None or weight is None or weight.shape[out_dim] != use.out_ids.numel():
             live[graph.component[use.out_ids]] = True  # makes channels we cannot see the rows of
             continue
@@ -105,17 +114,19 @@ def _sources(model: nn.Module, graph: ChannelGraph, masks: Mapping) -> tuple[tor
             silenced |= silent_norm[name]
         live[graph.component[use.out_ids][~silenced]] = True
         producers.append((name, use.out_ids, masked))
-    params = dict(model.named_parameters())
+    params = {plain_name(n): p for n, p in model.named_parameters()}
     for fqn, dims in graph.tensors.items():
         if fqn in owned or fqn not in params:
             continue
         value = params[fqn].detach()
+        if id(params[fqn]) in by_tensor:
+            value = value * by_tensor[id(params[fqn])]
         for d, ids in dims.items():  # a parameter used by ops outside layers: live unless zero there
             live[graph.component[ids][~_channel_zero(value != 0, d)]] = True
     return wanted, live, producers
 
 
-def _consumer_check(model, graph, name, use, candidates):
+def _consumer_check(modules, graph, name, use, candidates):
     """For one consumer: the candidate channels it blocks (their value would be lost), and
     the fold that keeps the rest exact (or None)."""
     comps = graph.component[use.in_ids]
@@ -132,7 +143,7 @@ def _consumer_check(model, graph, name, use, candidates):
     bad = varies.clone()
     fold = None
     if bool(nonzero.any()):
-        module = model.get_submodule(name)
+        module = modules[name]
         family = LAYERS.family_of(module)
         # A layer traced op by op (its own forward) may pad or transform: never folded.
         idx = gone.nonzero().flatten()[nonzero]
@@ -145,9 +156,10 @@ def _consumer_check(model, graph, name, use, candidates):
     return comps[gone][bad.to(comps.device)], fold, f"still carry {why} into {name}"
 
 
-def plan_removal(model: nn.Module, graph: ChannelGraph, masks: Mapping[str, Mapping[str, torch.Tensor]]) -> Plan:
-    """Decide what goes; ``model`` computes with the masks applied, ``graph`` was traced
-    on it with ``record_inputs``.
+def plan_removal(model: nn.Module, graph: ChannelGraph, masks: Mapping[int, tuple[torch.Tensor, torch.Tensor]]) -> Plan:
+    """Decide what goes; ``model`` computes with the masks attached, ``graph`` was traced
+    on it with ``record_inputs``; ``masks`` maps the id of each masked parameter to
+    (parameter, mask).
 
     A wanted group goes when it is not fixed, no source keeps it live, and every layer
     that consumes it receives a constant that is zero or folds exactly into its bias
@@ -166,12 +178,13 @@ def plan_removal(model: nn.Module, graph: ChannelGraph, masks: Mapping[str, Mapp
         plan.kept.append(f"{n_live} masked channel group(s) are still fed by unmasked layers (masks cover only part "
                          "of the group); prune with dummy_input=... so the masks cover whole groups")
     candidates = wanted & ~graph.fixed & ~live
+    modules = dict(model.named_modules())
     consumers = [(n, u) for n, u in graph.modules.items()
                  if u.in_ids is not None and u.in_ids is not u.out_ids and u.family not in _FOLLOWERS]
     for _ in range(2):  # blocking a channel can change what another consumer folds: settle once more
         folds = []
         for name, use in consumers:
-            blocked, fold, why = _consumer_check(model, graph, name, use, candidates)
+            blocked, fold, why = _consumer_check(modules, graph, name, use, candidates)
             if blocked is not None and blocked.numel():
                 candidates[blocked] = False
                 plan.kept.append(f"{blocked.numel()} masked channel(s) {why}; they are kept (prune with "
@@ -184,9 +197,10 @@ def plan_removal(model: nn.Module, graph: ChannelGraph, masks: Mapping[str, Mapp
         if extra:
             plan.extended.append(f"{name}: {extra} more output channel(s) removed with their group, whose values "
                                  "never reach a consumer")
-    for name, targets in masks.items():
-        traced = any(f"{name}.{t}" if name else t in graph.tensors for t in targets)
-        if name not in graph.modules and not traced and any(not bool(m.all()) for m in targets.values()):
-            plan.not_shrunk.append(f"{name}: masked, but it did not run as a layer on the example input "
+    names = {id(p): plain_name(n) for n, p in model.named_parameters(remove_duplicate=False)}
+    for key, (_, mask) in masks.items():
+        fqn = names.get(key, "?")
+        if fqn not in graph.tensors and fqn.rpartition(".")[0] not in graph.modules and not bool(mask.all()):
+            plan.not_shrunk.append(f"{fqn}: masked, but its layer did not run on the example input "
                                    "(not called, or its weights are used by other code)")
     return plan
