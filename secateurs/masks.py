@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -21,9 +22,19 @@ from safetensors.torch import save_file
 from torch.nn.utils import parametrize
 
 from ._files import read_tagged
+from ._gc import no_gc
 from .targets import get_module, original_parameter
 
 Masks = dict[str, dict[str, torch.Tensor]]
+
+
+class MaskDict(dict):
+    """Masks as a pruner returns them: a plain ``dict[str, dict[str, Tensor]]`` that also
+    carries the channel trace the pruner made (``trace``, or None), so that
+    :class:`~secateurs.ModelSpeedup` need not trace the model again when the model and
+    example input still match it."""
+
+    trace: Any = None
 
 _FORMAT = "secateurs.masks/1"
 
@@ -87,7 +98,12 @@ def attach_masks(model: nn.Module, masks: Mapping[str, Mapping[str, torch.Tensor
     Modifies ``model`` in place: parametrizations are registered on the masked modules.
     Parameter objects are kept, so optimizers built before keep working.
     """
-    for module_name, targets in check_masks(model, masks).items():
+    with no_gc():
+        _attach(model, check_masks(model, masks))
+
+
+def _attach(model: nn.Module, masks: Masks) -> None:
+    for module_name, targets in masks.items():
         module = get_module(model, module_name)
         for target, mask in targets.items():
             current = _mask_of(module, target)
@@ -137,12 +153,13 @@ def detach_masks(model: nn.Module, apply: bool = True) -> None:
             entries become zero); when False it gets back its stored, unmasked value.
             The parameter objects are the same before and after.
     """
-    for module in list(model.modules()):
-        if not parametrize.is_parametrized(module):
-            continue
-        for target in list(module.parametrizations.keys()):
-            if _mask_of(module, target) is not None:
-                _drop_parametrization(module, target, apply)
+    with no_gc():
+        for module in list(model.modules()):
+            if not parametrize.is_parametrized(module):
+                continue
+            for target in list(module.parametrizations.keys()):
+                if _mask_of(module, target) is not None:
+                    _drop_parametrization(module, target, apply)
 
 
 def get_masks(model: nn.Module) -> Masks:

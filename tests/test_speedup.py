@@ -579,3 +579,28 @@ def test_the_speedup_page_lists_every_layer_family_and_op_rule():
     table = page[page.index("## What is understood"):page.index("## Refusals")]
     missing = [n for n in LAYERS.names() + OP_RULES.names() if f"`{n}`" not in table]
     assert not missing, f"docs/speedup.md does not describe {missing}"
+
+
+def test_reusing_the_pruners_trace_gives_the_same_model_as_tracing_again():
+    import copy
+
+    import torchvision
+
+    torch.manual_seed(0)
+    base = _randomise_bn(torchvision.models.resnet18(num_classes=10)).eval()
+    x = torch.randn(1, 3, 32, 32)
+    shapes = []
+    for reuse in (True, False):
+        model = copy.deepcopy(base)
+        _, masks = L1NormPruner(model, [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}], dummy_input=x).compress()
+        assert masks.trace is not None
+        speedup = ModelSpeedup(model, x, masks if reuse else {k: dict(v) for k, v in masks.items()})
+        speedup.speedup_model()
+        assert speedup.report.max_rel_diff <= 1e-5
+        shapes.append({n: p.shape for n, p in model.named_parameters()})
+    assert shapes[0] == shapes[1]
+    # A trace made for another example input is not reused, and the result is still exact.
+    model = copy.deepcopy(base)
+    _, masks = L1NormPruner(model, [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}], dummy_input=x).compress()
+    ModelSpeedup(model, torch.randn(2, 3, 40, 40), masks).speedup_model()
+    assert {n: p.shape for n, p in model.named_parameters()} == shapes[0]

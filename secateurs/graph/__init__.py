@@ -7,11 +7,12 @@ from .trace import (
     Tracer,
     call_with,
     channel_stats,
-    no_gc,
+    example_signature,
+    measure_inputs,
     output_leaves,
     plain_name,
     trace_channels,
 )
 
-__all__ = ["OP_RULES", "ChannelGraph", "ModuleUse", "Tracer", "call_with", "channel_stats", "no_gc", "output_leaves", "plain_name",
+__all__ = ["OP_RULES", "ChannelGraph", "ModuleUse", "Tracer", "call_with", "channel_stats", "example_signature", "measure_inputs", "output_leaves", "plain_name",
            "trace_channels"]

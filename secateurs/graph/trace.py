@@ -16,13 +16,11 @@ buffers are untouched.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import gc
 import re
 import warnings
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +30,7 @@ from torch.nn.utils import parametrize
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
+from .._gc import no_gc
 from ..layers import LAYERS, LayerFamily
 from ..masks import Mask
 from ..targets import module_type_name
@@ -55,19 +54,6 @@ _FACTORY = {"new_zeros", "new_ones", "new_full", "new_empty", "new_tensor", "zer
 def plain_name(fqn: str) -> str:
     """A tensor's name as the tracer knows it: a masked parameter by its plain name."""
     return _PARAMETRIZED.sub(r"\1\2", fqn)
-
-
-@contextlib.contextmanager
-def no_gc() -> Iterator[None]:
-    """Pause Python's cyclic garbage collector: a trace makes many short-lived objects, and
-    collections over a large model's objects cost more than the trace itself."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 @dataclass
@@ -110,6 +96,8 @@ class ChannelGraph:
         output: the model's output on the example (only with ``record_inputs``).
         rules_used: names of the op rules and layer families that handled something.
         output_ids: output leaf path (as :func:`output_leaves` names it) -> {dim: ids}.
+        example: the example input's structure and shapes (:func:`example_signature`).
+        free_outputs: the ``free_outputs`` the trace was made with.
     """
 
     n_vars: int
@@ -123,6 +111,8 @@ class ChannelGraph:
     output: Any = None
     rules_used: set[str] = field(default_factory=set)
     output_ids: dict[str, dict[int, Ids]] = field(default_factory=dict)
+    example: Any = None
+    free_outputs: tuple[str, ...] = ()
 
     def prunable(self, ids: Ids) -> torch.Tensor:
         """Bool per position: may this position's channel be pruned?"""
@@ -446,6 +436,45 @@ def call_with(model: nn.Module, example: Any) -> Any:
     return model(example)
 
 
+def example_signature(example: Any) -> Any:
+    """The structure, shapes and dtypes of an example input, for comparing two examples."""
+    leaves, spec = tree_flatten(example)
+    return str(spec), [(tuple(t.shape), t.dtype) if isinstance(t, torch.Tensor) else repr(t) for t in leaves]
+
+
+def measure_inputs(model: nn.Module, example: Any) -> tuple[dict[str, torch.Tensor], Any]:
+    """One plain forward (eval mode, no gradients, modes restored): the per-channel input
+    statistics that ``trace_channels(..., record_inputs=True)`` records for each layer,
+    and the output. Used when the channel graph is already known."""
+    stats: dict[str, torch.Tensor] = {}
+    handles = []
+
+    def record(name, family):
+        def hook(module, args):
+            x = args[0] if args else None
+            dim = family.input_channel_dim(module, x) if isinstance(x, torch.Tensor) else None
+            if dim is not None:
+                stats[name] = channel_stats(x, dim, stats.get(name))
+
+        return hook
+
+    for name, m in model.named_modules():
+        family = LAYERS.family_of(m)
+        if family is not None and family.is_plain(m):
+            handles.append(m.register_forward_pre_hook(record(name, family)))
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad(), no_gc():
+            output = call_with(model, example)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, mode in modes.items():
+            m.training = mode
+    return stats, output
+
+
 def channel_stats(x: torch.Tensor, dim: int, prev: torch.Tensor | None = None) -> torch.Tensor:
     """``(3, C)``: per channel of ``x`` along ``dim``, its minimum, maximum and mean
     (combined with ``prev`` from an earlier call of the same layer)."""
@@ -563,6 +592,7 @@ def trace_channels(
         if family is not None and name not in tracer.modules and f"{name}.weight" in tracer.tensors:
             tracer.on_traced_through(m, family, None, None)  # not called, but ops used its weight
     graph = tracer.finish(outputs, free_outputs)
+    graph.example, graph.free_outputs = example_signature(example), tuple(sorted(free_outputs))
     if record_inputs:
         graph.input_stats, graph.output = stats, outputs
     if warn and graph.unknown_ops:

@@ -18,7 +18,7 @@ from .._errors import did_you_mean
 from ..config import ConfigSchema, ModuleSetting, resolve
 from ..graph import ChannelGraph, trace_channels
 from ..layers import LAYERS
-from ..masks import Masks, attach_masks, check_masks, detach_masks, get_masks
+from ..masks import MaskDict, Masks, attach_masks, check_masks, detach_masks, get_masks
 from ..report import SparsityReport, sparsity_report
 from ..sparsity import Slot, allocate, block_shape, check_scores, expand_units, make_slots, to_units
 from ..targets import get_module
@@ -311,7 +311,8 @@ class Pruner:
             The model object given to the constructor (now computing with masked weights)
             and the masks, keyed by module names inside a (Distributed)DataParallel wrapper.
         """
-        self.masks = self.calculate_masks()
+        self.masks = MaskDict(self.calculate_masks())
+        self.masks.trace = self.graph
         attach_masks(self.net, self.masks)
         return self.model, self.masks
 

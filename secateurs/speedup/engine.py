@@ -27,7 +27,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..graph import call_with, no_gc, trace_channels
+from .._gc import no_gc
+from ..graph import ChannelGraph, call_with, example_signature, measure_inputs, plain_name, trace_channels
+from ..layers import LAYERS
 from ..masks import attach_masks, check_masks, detach_masks, get_masks
 from ..targets import original_parameter
 from .apply import Undo, apply_plan
@@ -157,6 +159,7 @@ class ModelSpeedup:
         self.model = model
         self.dummy_input = dummy_input
         self.masks = check_masks(model, get_masks(model) if masks is None else masks)
+        self._trace = getattr(masks, "trace", None)  # the pruner's, if the masks came from compress()
         self.tolerance = float(tolerance)
         self.verify = verify
         self.prune_outputs = prune_outputs
@@ -195,8 +198,12 @@ class ModelSpeedup:
         """Steps 1-5 of the module docstring; every change to the model is logged in ``undo``."""
         model, report = self.model, self.report
         masked = _attach_given(model, self.masks, undo)
-        free = list(self.masks) if self.prune_outputs else ()
-        graph = trace_channels(model, self.dummy_input, record_inputs=True, free_outputs=free)
+        graph = self._reusable_trace(model)
+        if graph is not None:
+            graph.input_stats, graph.output = measure_inputs(model, self.dummy_input)
+        else:
+            free = list(self.masks) if self.prune_outputs else ()
+            graph = trace_channels(model, self.dummy_input, record_inputs=True, free_outputs=free)
         plan = plan_removal(model, graph, masked)
         detach_masks(model, apply=False)  # the masked values are written as the tensors are sliced
         report.kept, report.extended, report.not_shrunk = plan.kept, plan.extended, plan.not_shrunk
@@ -222,6 +229,30 @@ class ModelSpeedup:
                 "Some op outside the known layers consumes the removed channels; prune with dummy_input=... "
                 f"or exclude the layers named below.\n{report}"
             )
+
+
+    def _reusable_trace(self, model: nn.Module) -> ChannelGraph | None:
+        """A copy of the pruner's channel graph when it still describes this model and this
+        example input exactly as a new trace would; else None (trace again).
+
+        Only graphs whose every layer ran as one step are reused, so that the input
+        statistics a plain forward measures are the ones a trace would record."""
+        graph = self._trace
+        if graph is None or self.prune_outputs or graph.free_outputs:
+            return None
+        if graph.example != example_signature(self.dummy_input):
+            return None
+        modules = dict(model.named_modules())
+        for name, use in graph.modules.items():
+            family = LAYERS.family_of(modules[name]) if name in modules else None
+            if not use.plain or family is None or family.name != use.family or not family.is_plain(modules[name]):
+                return None
+        tensors = {plain_name(n): t for n, t in list(model.named_parameters()) + list(model.named_buffers())}
+        for fqn, dims in graph.tensors.items():
+            t = tensors.get(fqn)
+            if t is None or any(d >= t.dim() or t.shape[d] != ids.numel() for d, ids in dims.items()):
+                return None
+        return dataclasses.replace(graph, tensors=dict(graph.tensors))
 
 
 class _Mismatch(Exception):
