@@ -548,7 +548,9 @@ def trace_channels(
             x = args[0] if args else None
             dim = family.input_channel_dim(module, x) if isinstance(x, torch.Tensor) else None
             if dim is not None and tracer.depth == 0:
+                tracer.depth += 1  # measuring is not part of the model: its ops are not traced
                 stats[name] = channel_stats(x, dim, stats.get(name))
+                tracer.depth -= 1
 
         return hook
 
