@@ -5,7 +5,7 @@ asks the family of a module, found by :meth:`LayerRegistry.family_of`, instead o
 testing module types itself.
 """
 
-from ._base import LAYERS, LayerFamily, LayerRegistry
+from ._base import LAYERS, LayerFamily, LayerRegistry, stored
 from .attention import MultiheadAttention
 from .batch_norm import BatchNorm, InstanceNorm
 from .conv import Conv
@@ -23,4 +23,4 @@ for _family in (Conv(), ConvTranspose(), Linear(), HFConv1D(), BatchNorm(), Inst
 
 family_of = LAYERS.family_of
 
-__all__ = ["LAYERS", "LayerFamily", "LayerRegistry", "family_of"]
+__all__ = ["LAYERS", "LayerFamily", "LayerRegistry", "family_of", "stored"]

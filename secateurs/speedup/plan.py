@@ -3,10 +3,13 @@
 A group (component of the channel graph) is *wanted* when a layer that produces it has
 the channel wholly masked (a conv's filter, a linear's row), or a norm layer has both
 its scale and shift masked there (Network Slimming). A wanted group is *removed* only
-when removing it is exact: it is not fixed by the trace, and every layer that consumes
-it sees, in the masked model, a constant on that channel that is zero or folds exactly
-into the consumer's bias. Everything else the masks ask for is kept and reported; the
-plan never widens a mask in a way that would change what the masked model computes.
+when removing it is exact: it is not fixed by the trace; no source still puts an
+input-dependent value on it (every layer that produces it is masked there, or feeds only a
+silenced norm layer; parameters used outside layers are zero there); and every layer
+that consumes it sees, in the masked model, a constant on that channel that is zero or
+folds exactly into the consumer's bias. Everything else the masks ask for is kept and
+reported; the plan never widens a mask in a way that would change what the masked model
+computes.
 """
 
 from __future__ import annotations
@@ -16,10 +19,9 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
-from torch.nn.utils import parametrize
 
 from ..graph import ChannelGraph, plain_name
-from ..layers import LAYERS
+from ..layers import LAYERS, stored
 
 _SAME = 1e-6  # relative spread below which a channel's input counts as constant
 
@@ -58,13 +60,6 @@ def _channel_zero(mask: torch.Tensor, dim: int) -> torch.Tensor:
     return ~mask.movedim(dim, 0).reshape(mask.shape[dim], -1).any(1)
 
 
-def _stored(module: nn.Module, attr: str):
-    """The stored parameter behind ``module.<attr>`` (a masked one's original), or None."""
-    if parametrize.is_parametrized(module, attr):
-        return module.parametrizations[attr].original
-    return getattr(module, attr, None)
-
-
 _FOLLOWERS = ("batch_norm", "instance_norm", "group_norm", "prelu")  # pass their input's channels on
 
 
@@ -87,7 +82,7 @@ def _sources(model: nn.Module, graph: ChannelGraph, masks: Mapping) -> tuple[tor
     for name, use in graph.modules.items():
         module = modules[name]
         if use.family in _FOLLOWERS and use.out_ids is not None:
-            w, b = (by_tensor.get(id(_stored(module, t))) for t in ("weight", "bias"))
+            w, b = (by_tensor.get(id(stored(module, t))) for t in ("weight", "bias"))
             if w is not None and w.dim() == 1 and (b is not None or getattr(module, "bias", None) is None):
                 silent = ~w if b is None else ~w & ~b
                 wanted[graph.component[use.out_ids][silent]] = True
@@ -102,7 +97,7 @@ def _sources(model: nn.Module, graph: ChannelGraph, masks: Mapping) -> tuple[tor
         if use.out_ids is None or family is None or use.family in _FOLLOWERS:
             continue
         out_dim = family.weight_dims(module)[0]
-        weight = _stored(module, "weight")
+        weight = stored(module, "weight")
         if out_dim is None or weight is None or weight.shape[out_dim] != use.out_ids.numel():
             live[graph.component[use.out_ids]] = True  # makes channels we cannot see the rows of
             continue
