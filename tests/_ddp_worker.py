@@ -9,6 +9,7 @@ combined over both ranks give the masks of one process that sees both ranks' dat
 test_distributed.py imports this module for that single-process reference.
 """
 
+import gc
 import os
 import sys
 
@@ -83,6 +84,11 @@ def main(out_dir: str) -> None:
         # "module." names the layer through the DDP wrapper's prefix
         masks = prune(name, model, [[x] for x in rank_data(rank)], prefix="module.")
         save_masks(masks, os.path.join(out_dir, f"{name}-rank{rank}.safetensors"))
+        # Free each DDP model (its reducer holds gloo work) now, not at some later collection:
+        # a reducer still alive when the process group goes can abort the process at exit.
+        del model, masks
+        gc.collect()
+    dist.barrier()
     dist.destroy_process_group()
 
 
