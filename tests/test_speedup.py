@@ -604,3 +604,31 @@ def test_reusing_the_pruners_trace_gives_the_same_model_as_tracing_again():
     _, masks = L1NormPruner(model, [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}], dummy_input=x).compress()
     ModelSpeedup(model, torch.randn(2, 3, 40, 40), masks).speedup_model()
     assert {n: p.shape for n, p in model.named_parameters()} == shapes[0]
+
+
+@pytest.mark.parametrize("arch", ["bert", "gpt2"])
+def test_hugging_face_models_lose_ffn_neurons_exactly_and_keep_attention_by_name(arch):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    if arch == "bert":
+        config = transformers.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                         intermediate_size=64)
+        model, types = transformers.BertModel(config).eval(), ["Linear"]
+        x = {"input_ids": torch.randint(0, 50, (2, 7)), "attention_mask": torch.ones(2, 7, dtype=torch.long)}
+    else:
+        config = transformers.GPT2Config(vocab_size=50, n_embd=32, n_layer=2, n_head=4, n_positions=16)
+        model, types = transformers.GPT2LMHeadModel(config).eval(), ["Conv1D"]
+        x = {"input_ids": torch.randint(0, 50, (2, 7)), "use_cache": False}
+    params = sum(p.numel() for p in model.parameters())
+    with pytest.warns(UserWarning, match="split|view"):  # the attention projections are kept, named
+        _, masks = L1NormPruner(model, [{"op_types": types, "sparse_ratio": 0.5}], dummy_input=x).compress()
+    with torch.no_grad():
+        expected = model(**x)[0]
+    speedup = ModelSpeedup(model, x, masks)
+    speedup.speedup_model()
+    with torch.no_grad():
+        out = model(**x)[0]
+    assert torch.allclose(out, expected, atol=1e-5, rtol=1e-4)
+    assert sum(p.numel() for p in model.parameters()) < params
+    ffn = model.encoder.layer[0].intermediate.dense if arch == "bert" else model.transformer.h[0].mlp.c_fc
+    assert (ffn.out_features if arch == "bert" else ffn.nf) == (32 if arch == "bert" else 64)  # half the FFN neurons

@@ -141,10 +141,12 @@ def output_leaves(obj: Any, path: str = "output") -> list[tuple[str, Any]]:
         return [leaf for f in dataclasses.fields(obj) for leaf in output_leaves(getattr(obj, f.name), f"{path}.{f.name}")]
     if isinstance(obj, (list, tuple)):
         return [leaf for i, v in enumerate(obj) for leaf in output_leaves(v, f"{path}[{i}]")]
+    hint = " (a Hugging Face model returns its key/value cache: add use_cache=False to the example input)" \
+        if type(obj).__name__.endswith("Cache") else ""
     raise TypeError(
         f"the model returns a {type(obj).__name__} at {path}; secateurs can protect and compare only tensors, "
         "numbers and strings inside tuples, lists, dicts and dataclasses, so it cannot check that pruning keeps "
-        "this output. Return one of those from forward (or wrap the model so that it does)."
+        f"this output. Return one of those from forward (or wrap the model so that it does){hint}."
     )
 
 
