@@ -151,3 +151,19 @@ def test_already_pruned_units_are_never_revived_even_beyond_the_new_count(cnn):
     before = _snapshot(cnn)
     _, masks = L1NormPruner(cnn, [{"op_names": ["conv2"], "sparse_ratio": 0.25}]).compress()
     assert torch.equal(masks["conv2"]["weight"], before["conv2"]["weight"])  # 12 of 16 stay pruned, not 4
+
+
+def test_a_mask_changed_in_place_or_replaced_is_used_at_once():
+    import torch.nn as nn
+
+    from secateurs import attach_masks, get_masks
+
+    layer = nn.Linear(3, 2)
+    x = torch.randn(4, 3)
+    attach_masks(layer, {"": {"weight": torch.ones(2, 3, dtype=torch.bool)}})
+    full = layer(x)
+    get_masks(layer)[""]["weight"][0] = False  # in place: the next forward sees it
+    assert torch.allclose(layer(x)[:, 0], layer.bias[0].expand(4))
+    attach_masks(layer, {"": {"weight": torch.ones(2, 3, dtype=torch.bool)}})  # replaced
+    assert torch.allclose(layer(x), full)
+    assert torch.allclose(layer.double()(x.double()), full.double(), atol=1e-6)  # another dtype
