@@ -8,10 +8,12 @@ from .evaluators import Evaluator, TorchEvaluator
 from .pruners import (
     ActivationAPoZRankPruner,
     ActivationMeanRankPruner,
+    AGPPruner,
     FPGMPruner,
     L1NormPruner,
     L2NormPruner,
     LevelPruner,
+    LinearPruner,
     Pruner,
     SlimPruner,
     TaylorFOWeightPruner,
@@ -33,6 +35,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "PRUNERS",
+    "AGPPruner",
     "ActivationAPoZRankPruner",
     "ActivationMeanRankPruner",
     "Evaluator",
@@ -44,6 +47,7 @@ __all__ = [
     "L1NormPruner",
     "L2NormPruner",
     "LevelPruner",
+    "LinearPruner",
     "ModelSpeedup",
     "ModuleSetting",
     "Pruner",

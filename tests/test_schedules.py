@@ -1,5 +1,7 @@
 """Known answers and argument checks of the sparsity schedules."""
 
+import itertools
+
 import pytest
 
 from secateurs.schedules import agp, linear, lottery
@@ -25,7 +27,7 @@ def test_agp_starts_at_initial_and_ends_exactly_at_final():
     assert agp(1, 3, 0.8, initial=0.2) == pytest.approx(0.8 - 0.6 * (2 / 3) ** 3)
     values = [agp(t, 20, 0.95) for t in range(21)]
     assert values == sorted(values)  # never decreases
-    steps = [b - a for a, b in zip(values, values[1:])]
+    steps = [b - a for a, b in itertools.pairwise(values)]
     assert steps == sorted(steps, reverse=True)  # pruning slows down
 
 
@@ -36,7 +38,7 @@ def test_lottery_known_answers(i, expected):
 
 def test_lottery_prunes_the_same_fraction_of_survivors_each_round():
     kept = [1 - lottery(i, 5, 0.8) for i in range(6)]
-    ratios = [b / a for a, b in zip(kept, kept[1:])]
+    ratios = [b / a for a, b in itertools.pairwise(kept)]
     assert ratios == pytest.approx([0.2 ** (1 / 5)] * 5)
     assert lottery(5, 5, 0.8) == 0.8
 

@@ -9,8 +9,10 @@ from .data import (
     SlimPruner,
     TaylorFOWeightPruner,
 )
+from .iterative import AGPPruner, LinearPruner
 
 __all__ = [
+    "AGPPruner",
     "ActivationAPoZRankPruner",
     "ActivationMeanRankPruner",
     "DataPruner",
@@ -18,6 +20,7 @@ __all__ = [
     "L1NormPruner",
     "L2NormPruner",
     "LevelPruner",
+    "LinearPruner",
     "Pruner",
     "SlimPruner",
     "Target",
