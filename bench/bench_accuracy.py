@@ -38,7 +38,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
-from bench_foundation import machine, write_section  # noqa: E402
+from bench_foundation import machine, revision, write_section  # noqa: E402
 
 OUT = os.path.join(ROOT, "out", "bench_accuracy")
 BENCH_PY = os.path.join(ROOT, ".venv-bench", "bin", "python")
@@ -522,7 +522,7 @@ def main(argv: list[str]) -> None:
     b = budget
     text = f"""## Accuracy after pruning on Fashion-MNIST (issue 4)
 
-Command: `.venv-bench/bin/python bench/bench_accuracy.py --seeds {' '.join(map(str, seeds))}` (run {time.strftime('%Y-%m-%d')})
+Command: `.venv-bench/bin/python bench/bench_accuracy.py --seeds {' '.join(map(str, seeds))}` (run {time.strftime('%Y-%m-%d')}, source revision {revision()})
 Machine: {machine()}; {', '.join(versions)} (NNI 3.0 for L1/L2/FPGM/Slim/TaylorFO; APoZ and MeanRank
 were dropped from NNI 3.0 and run under NNI 2.10 in `.venv-nni210`).
 Data: full Fashion-MNIST from the Debian package `dataset-fashion-mnist` (60,000 train / 10,000 test).

@@ -136,7 +136,7 @@ def main(argv: list[str]) -> None:
         )
     text = f"""## Mask computation on resnet50 (foundation)
 
-Command: `.venv-bench/bin/python bench/bench_foundation.py` (run {time.strftime('%Y-%m-%d')})
+Command: `.venv-bench/bin/python bench/bench_foundation.py` (run {time.strftime('%Y-%m-%d')}, source revision {revision()})
 Machine: {machine()}; NNI {nni.__version__}.
 Model: torchvision resnet50, random init; parameters {ours['param_mib']:.1f} MiB; targeted weights:
 {results[("secateurs", "level_global")]['weights']:,} (every Conv2d and Linear) for `level_global`,
