@@ -25,6 +25,7 @@ from secateurs import (
     TorchEvaluator,
     get_masks,
 )
+from secateurs.pruners import DataPruner
 from secateurs.schedules import agp, linear
 from secateurs.sparsity import to_units
 
@@ -198,3 +199,28 @@ BAD = [
 def test_bad_arguments_are_refused(cls, schedule, args, exc, words, cnn):
     with pytest.raises(exc, match=words.format(cls.__name__)):
         cls(*args(cnn, Recorder(cnn).evaluator))
+
+
+class _CountingPruner(DataPruner):
+    """Counts optimizer steps into its statistics; records each round's count."""
+
+    def _install(self, evaluator):
+        self.seen = getattr(self, "seen", [])
+
+        def count():
+            for t in self.targets:
+                key = (t.module_name, t.name)
+                self.stats[key] = self.stats.get(key, torch.zeros(_units(t), dtype=torch.float64)) + 1
+
+        evaluator.after_optimizer_step(count)
+
+    def _finish(self):
+        self.seen.append({float(v.max()) for v in self.stats.values()})
+
+
+def test_data_pruners_score_each_round_on_the_interval_before_it(cnn):
+    rec = Recorder(cnn)
+    inner = _CountingPruner(cnn, CONFIG, rec.evaluator, 1)
+    AGPPruner(inner, interval_steps=3, total_times=4).compress(max_steps=15)
+    assert inner.seen == [{3.0}] * 4  # statistics are reset after each round
+    assert {float(v.max()) for v in inner.stats.values()} == {3.0}  # the last round's, kept for state_dict

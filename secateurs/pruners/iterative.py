@@ -95,7 +95,8 @@ class _ScheduledPruner:
 
         Raises:
             ValueError: ``max_steps`` is shorter than the rounds need (before any training).
-            RuntimeError: the training loop stopped before the last round.
+            RuntimeError: the training loop stopped before the last round (the masks of
+                the rounds that ran stay attached, and ``history`` lists them).
         """
         name = type(self).__name__
         need = self.interval_steps * self.total_times
