@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from secateurs import PRUNERS, TorchEvaluator, get_masks
+from secateurs import L1NormPruner, PRUNERS, TorchEvaluator, get_masks
 from secateurs.pruners import UnprunedWarning
 from secateurs.sparsity import to_units
 
@@ -56,9 +56,13 @@ def config(ratio=0.5, **extra):
 def make(name, model, ratio=0.5, traced=False, configs=None, **extra):
     cls = PRUNERS.get(name)
     kwargs = {need: PROVIDERS[need](model) for need in cls.needs}
+    configs = configs if configs is not None else config(ratio, **extra)
+    if getattr(cls, "wraps", False):  # a scheduled pruner around an L1NormPruner, two rounds of one step
+        inner = L1NormPruner(model, configs, **({"dummy_input": _dummy()} if traced else {}))
+        return cls(inner, 1, 2, **kwargs)
     if traced:
         kwargs["dummy_input"] = _dummy()
-    return cls(model, configs if configs is not None else config(ratio, **extra), **kwargs)
+    return cls(model, configs, **kwargs)
 
 
 def _pruned_units(t, mask):
@@ -200,6 +204,10 @@ def test_load_state_dict_refuses_a_state_that_does_not_fit(name, cnn):
 def test_bad_model_is_a_type_error(name, cnn):
     cls = PRUNERS.get(name)
     kwargs = {need: PROVIDERS[need](cnn) for need in cls.needs}
+    if getattr(cls, "wraps", False):  # built around a pruner: anything else is refused the same way
+        with pytest.raises(TypeError, match="'pruner' must be a secateurs pruner"):
+            cls("not a pruner", 1, 2, **kwargs)
+        return
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
         cls("not a model", [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}], **kwargs)
 

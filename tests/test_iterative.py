@@ -1,9 +1,9 @@
 """LinearPruner and AGPPruner: scheduled rounds inside the user's training.
 
-They take a built pruner as first argument, not ``(model, config_list)``, so the contract
-suite (which builds every PRUNERS entry as ``cls(model, config_list, **needs)``) cannot
-construct them; they are not registered there, and this file checks the same contract
-(exact counts, masks only grow, parameter identity, state round trip) for them.
+They take a built pruner as first argument, not ``(model, config_list)``; the contract
+suite builds them around an L1NormPruner (``wraps``), and this file checks what is
+particular to schedules (every round's exact counts, masks only grow, fine-tuning, data
+pruners' statistics per round, state round trip).
 """
 
 import math

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch.nn as nn
 
+from .._registry import PRUNERS
 from ..evaluators.base import Evaluator
 from ..layers import LAYERS
 from ..masks import Masks
@@ -44,6 +45,11 @@ class _ScheduledPruner:
     """
 
     schedule: Callable[[int, int, float], float]
+    # Registry metadata: built around another pruner (not from a model and config_list);
+    # the granularity and op types are the wrapped pruner's.
+    wraps = True
+    default_granularity = "out_channel"
+    default_op_types = ("Conv1d", "Conv2d", "Conv3d", "Linear")
 
     def __init__(self, pruner: Pruner, interval_steps: int, total_times: int,
                  evaluator: Evaluator | None = None) -> None:
@@ -73,6 +79,20 @@ class _ScheduledPruner:
         self.final_ratios = {s.config_index: s.sparse_ratio for s in pruner.settings.values()}
         self._settings = pruner.settings
         self.history: list[dict[str, Any]] = []
+
+    @property
+    def targets(self) -> list:
+        """The wrapped pruner's targets (what each round masks)."""
+        return self.pruner.targets
+
+    def calculate_masks(self) -> Masks:
+        """Masks at the final ratios from the current (masked) weights, as the wrapped
+        pruner computes them; not attached."""
+        self._set_ratios(self.final_ratios)
+        try:
+            return self.pruner.calculate_masks()
+        finally:
+            self._set_ratios(None)
 
     @property
     def model(self) -> nn.Module:
@@ -199,6 +219,7 @@ class _ScheduledPruner:
         self.pruner.load_state_dict(state)
 
 
+@PRUNERS.register("linear")
 class LinearPruner(_ScheduledPruner):
     """Prune in ``total_times`` rounds whose sparsity grows linearly: ``s_k = s_f * k / T``.
 
@@ -227,8 +248,10 @@ class LinearPruner(_ScheduledPruner):
     """
 
     schedule = staticmethod(linear)
+    needs = ("evaluator",)
 
 
+@PRUNERS.register("agp")
 class AGPPruner(_ScheduledPruner):
     """Automated Gradual Pruning: round ``k`` of ``T`` reaches ``s_f * (1 - (1 - k / T) ** 3)``.
 
@@ -238,3 +261,4 @@ class AGPPruner(_ScheduledPruner):
     """
 
     schedule = staticmethod(agp)
+    needs = ("evaluator",)
