@@ -242,26 +242,16 @@ def test_hand_masks_on_part_of_a_residual_group_are_kept_and_the_output_is_the_m
     assert torch.allclose(model(x), expected, atol=1e-5)
 
 
-class SlimChain(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv1, self.bn1 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
-        self.conv2 = nn.Conv2d(8, 4, 3, padding=1)
-
-    def forward(self, x):
-        return self.conv2(F.relu(self.bn1(self.conv1(x))))
-
-
 def test_a_silenced_norm_channel_removes_its_producer_when_nothing_else_sees_it():
-    model = _randomise_bn(SlimChain()).eval()
+    model = _randomise_bn(ConvBnConv()).eval()
     x = torch.randn(2, 3, 6, 6)
-    keep = torch.arange(8) >= 3
+    keep = torch.arange(16) >= 3
     attach_masks(model, {"bn1": {"weight": keep, "bias": keep}})  # what SlimPruner makes
     with torch.no_grad():
         expected = model(x)
     speedup = ModelSpeedup(model, x)
     speedup.speedup_model()
-    assert model.conv1.out_channels == 5 and model.conv2.in_channels == 5 and model.bn1.num_features == 5
+    assert model.conv1.out_channels == 13 and model.conv2.in_channels == 13 and model.bn1.num_features == 13
     assert any("conv1" in line for line in speedup.report.extended)
     assert torch.allclose(model(x), expected, atol=1e-5)
 
@@ -464,20 +454,10 @@ def test_a_second_dependency_aware_pruning_on_a_masked_model_keeps_masks_consist
     assert model.stem.out_channels == 8 and torch.allclose(model(x), expected, atol=1e-5)
 
 
-class Block(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv1, self.bn1 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
-        self.conv2 = nn.Conv2d(8, 4, 3, padding=1)
-
-    def forward(self, x):
-        return self.conv2(F.relu(self.bn1(self.conv1(x))))
-
-
 @pytest.mark.parametrize("opt_class", [torch.optim.SGD, torch.optim.Adam])
 def test_parameters_keep_their_identity_and_the_optimizer_state_is_sliced(opt_class):
     torch.manual_seed(0)
-    model = _randomise_bn(Block())
+    model = _randomise_bn(ConvBnConv())
     x = torch.randn(4, 3, 6, 6)
     opt = opt_class(model.parameters(), lr=0.01, **({"momentum": 0.9} if opt_class is torch.optim.SGD else {}))
     for _ in range(2):
@@ -492,7 +472,7 @@ def test_parameters_keep_their_identity_and_the_optimizer_state_is_sliced(opt_cl
     ModelSpeedup(model, x, masks, optimizer=opt).speedup_model()
     after = dict(model.named_parameters())
     assert all(after[n] is p for n, p in before.items())  # the same objects, now smaller
-    assert model.conv1.weight.shape[0] == 4 and model.conv2.weight.shape[1] == 4
+    assert model.conv1.weight.shape[0] == 8 and model.conv2.weight.shape[1] == 8
     for key, old in state_before["conv1.weight"].items():
         if old.dim():
             assert torch.equal(opt.state[model.conv1.weight][key], old[keep])
@@ -514,7 +494,7 @@ def test_parameters_keep_their_identity_and_the_optimizer_state_is_sliced(opt_cl
 ])
 def test_speedup_arguments_are_validated(kwargs, error, match):
     with pytest.raises(error, match=match):
-        ModelSpeedup(Block(), torch.randn(1, 3, 6, 6), {}, **kwargs)
+        ModelSpeedup(ConvBnConv(), torch.randn(1, 3, 6, 6), {}, **kwargs)
 
 
 @dataclasses.dataclass
