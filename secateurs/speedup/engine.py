@@ -104,7 +104,8 @@ def _attach_given(model: nn.Module, masks: Mapping, undo: Undo) -> dict[int, tup
     for name, targets in masks.items():
         for target, mask in targets.items():
             old = combined.setdefault(name, {}).get(target)
-            combined[name][target] = mask if old is None else old & mask
+            if old is None or (old is not mask and not torch.equal(old, mask)):
+                combined[name][target] = mask if old is None else old & mask
 
     def restore() -> None:
         detach_masks(model, apply=False)
