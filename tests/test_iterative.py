@@ -224,3 +224,19 @@ def test_data_pruners_score_each_round_on_the_interval_before_it(cnn):
     AGPPruner(inner, interval_steps=3, total_times=4).compress(max_steps=15)
     assert inner.seen == [{3.0}] * 4  # statistics are reset after each round
     assert {float(v.max()) for v in inner.stats.values()} == {3.0}  # the last round's, kept for state_dict
+
+
+@pytest.mark.parametrize(("progress", "shown"), [(True, True), (False, False), (None, False)])
+def test_progress_shows_one_line_per_round_on_stderr_when_asked(progress, shown, cnn, capsys):
+    rec = Recorder(cnn)
+    pruner = AGPPruner(LevelPruner(cnn, CONFIG), 1, 3, evaluator=rec.evaluator, progress=progress)
+    pruner.compress()
+    err = capsys.readouterr().err
+    # None: only on a terminal, and pytest's captured stderr is not one.
+    assert ("AGPPruner round 3/3" in err and "sparsity" in err and err.endswith("\n")) == shown
+    assert (err == "") == (not shown)
+
+
+def test_progress_must_be_a_bool_or_none(cnn):
+    with pytest.raises(TypeError, match="'progress' parameter of LinearPruner"):
+        LinearPruner(LevelPruner(cnn, CONFIG), 1, 2, evaluator=Recorder(cnn).evaluator, progress="yes")

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch.nn as nn
 
+from .._progress import Progress
 from .._registry import PRUNERS
 from ..evaluators.base import Evaluator
 from ..layers import LAYERS
@@ -37,6 +38,8 @@ class _ScheduledPruner:
         interval_steps: optimizer steps between two pruning rounds.
         total_times: the number of rounds.
         evaluator: runs the training; ``None`` means the wrapped pruner's own evaluator.
+        progress: show one line on stderr per round (round i of n, step, mean realised
+            sparsity); None (default) shows it only when stderr is a terminal.
 
     Attributes:
         history: one dict per round: ``"round"``, ``"step"`` (optimizer steps run when it
@@ -52,8 +55,9 @@ class _ScheduledPruner:
     default_op_types = ("Conv1d", "Conv2d", "Conv3d", "Linear")
 
     def __init__(self, pruner: Pruner, interval_steps: int, total_times: int,
-                 evaluator: Evaluator | None = None) -> None:
+                 evaluator: Evaluator | None = None, *, progress: bool | None = None) -> None:
         name = type(self).__name__
+        Progress(total_times, name, progress)  # validates ``progress`` with the other arguments
         if not isinstance(pruner, Pruner):
             raise TypeError(f"{name}: 'pruner' must be a secateurs pruner built with its config_list "
                             f"(L1NormPruner(model, config_list), ...); got {type(pruner).__name__}.")
@@ -79,6 +83,7 @@ class _ScheduledPruner:
         self.final_ratios = {s.config_index: s.sparse_ratio for s in pruner.settings.values()}
         self._settings = pruner.settings
         self.history: list[dict[str, Any]] = []
+        self.progress = progress
 
     @property
     def targets(self) -> list:
@@ -131,6 +136,7 @@ class _ScheduledPruner:
         self.history = []
         steps = 0
         last_stats: dict = {}
+        bar = Progress(self.total_times, name, self.progress)
 
         def after_step() -> None:
             nonlocal steps, last_stats
@@ -145,7 +151,9 @@ class _ScheduledPruner:
             Pruner.compress(wrapped)
             if data:
                 wrapped.stats = {}  # the next round scores the next interval only
-            self.history.append({"round": k, "step": steps, "sparse_ratio": ratios, "sparsity": self._realised()})
+            realised = self._realised()
+            self.history.append({"round": k, "step": steps, "sparse_ratio": ratios, "sparsity": realised})
+            bar.update(k, step=steps, sparsity=sum(realised.values()) / max(len(realised), 1))
 
         try:
             with self.evaluator.session(wrapped.model) as evaluator:
@@ -155,6 +163,7 @@ class _ScheduledPruner:
                 evaluator.after_optimizer_step(after_step)
                 evaluator.train(max_steps=max_steps, max_epochs=max_epochs)
         finally:
+            bar.close()
             self._set_ratios(None)
             if data:
                 wrapped.stats = last_stats
