@@ -89,7 +89,9 @@ class ChannelGraph:
         tensors: parameter/buffer fully qualified name -> {dim: ids}, for every tensor a
             pruning decision would slice.
         modules: layer name -> :class:`ModuleUse`, for every module of a known family that ran.
-        reasons: component -> why it is fixed (first reason seen), for reports.
+        reason_of: per component, the index in ``reasons`` of why it is fixed (the first
+            reason seen; -1 when not fixed).
+        reasons: the distinct reasons, for reports.
         unknown_ops: op name -> count, for ops that made channels unprunable.
         input_stats: layer name -> ``(3, C)`` per-input-channel minimum, maximum and mean
             (only with ``record_inputs``).
@@ -105,7 +107,8 @@ class ChannelGraph:
     fixed: torch.Tensor
     tensors: dict[str, dict[int, Ids]]
     modules: dict[str, ModuleUse]
-    reasons: dict[int, str] = field(default_factory=dict)
+    reason_of: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
+    reasons: list[str] = field(default_factory=list)
     unknown_ops: dict[str, int] = field(default_factory=dict)
     input_stats: dict[str, torch.Tensor] = field(default_factory=dict)
     output: Any = None
@@ -121,7 +124,7 @@ class ChannelGraph:
     def why_fixed(self, ids: Ids) -> list[str]:
         """The distinct reasons the positions ``ids`` are fixed, for messages."""
         comps = self.component[ids]
-        return sorted({self.reasons.get(int(c), "fixed") for c in comps[self.fixed[comps]].unique().tolist()})
+        return sorted({self.reasons[k] for k in self.reason_of[comps[self.fixed[comps]]].unique().tolist()})
 
 
 def output_leaves(obj: Any, path: str = "output") -> list[tuple[str, Any]]:
@@ -391,14 +394,14 @@ class Tracer:
         _, component = torch.unique(label, return_inverse=True)
         n_comp = int(component.max()) + 1 if n else 0
         fixed = torch.zeros(n_comp, dtype=torch.bool)
-        reasons: dict[int, str] = {}
-        for ids, why in self.fixed_ids:
-            comps = component[ids].unique()
-            for c in comps[~fixed[comps]].tolist():
-                reasons.setdefault(c, why)
+        reason_of = torch.full((n_comp,), -1, dtype=torch.long)
+        reasons: dict[str, int] = {}
+        for ids, why in self.fixed_ids:  # one entry per op that fixed something; first reason wins
+            comps = component[ids]
+            reason_of[comps[~fixed[comps]]] = reasons.setdefault(why, len(reasons))
             fixed[comps] = True
-        return ChannelGraph(n, component, fixed, self.tensors, self.modules, reasons, dict(self.unknown),
-                            rules_used=self.rules_used, output_ids=output_ids)
+        return ChannelGraph(n, component, fixed, self.tensors, self.modules, reason_of, list(reasons),
+                            dict(self.unknown), rules_used=self.rules_used, output_ids=output_ids)
 
 
 def connected_labels(label: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -451,19 +454,10 @@ def measure_inputs(model: nn.Module, example: Any) -> tuple[dict[str, torch.Tens
     stats: dict[str, torch.Tensor] = {}
     handles = []
 
-    def record(name, family):
-        def hook(module, args):
-            x = args[0] if args else None
-            dim = family.input_channel_dim(module, x) if isinstance(x, torch.Tensor) else None
-            if dim is not None:
-                stats[name] = channel_stats(x, dim, stats.get(name))
-
-        return hook
-
     for name, m in model.named_modules():
         family = LAYERS.family_of(m)
         if family is not None and family.is_plain(m):
-            handles.append(m.register_forward_pre_hook(record(name, family)))
+            handles.append(m.register_forward_pre_hook(_stats_hook(stats, name, family)))
     modes = {m: m.training for m in model.modules()}
     try:
         model.eval()
@@ -475,6 +469,27 @@ def measure_inputs(model: nn.Module, example: Any) -> tuple[dict[str, torch.Tens
         for m, mode in modes.items():
             m.training = mode
     return stats, output
+
+
+def _stats_hook(stats: dict[str, torch.Tensor], name: str, family: LayerFamily, tracer: Tracer | None = None):
+    """A forward pre-hook that adds the layer's input to ``stats[name]`` (:func:`channel_stats`).
+
+    With a ``tracer``, only layers at the top level are measured, and the measuring ops
+    are hidden from it: they are not part of the model."""
+    def hook(module, args):
+        x = args[0] if args else None
+        dim = family.input_channel_dim(module, x) if isinstance(x, torch.Tensor) else None
+        if dim is None or (tracer is not None and tracer.depth):
+            return
+        if tracer is not None:
+            tracer.depth += 1
+        try:
+            stats[name] = channel_stats(x, dim, stats.get(name))
+        finally:
+            if tracer is not None:
+                tracer.depth -= 1
+
+    return hook
 
 
 def channel_stats(x: torch.Tensor, dim: int, prev: torch.Tensor | None = None) -> torch.Tensor:
@@ -545,17 +560,6 @@ def trace_channels(
         if tracer.depth == 0:
             tracer.count_uses(tree_flatten((args, kwargs))[0])
 
-    def record(name, family):
-        def hook(module, args):
-            x = args[0] if args else None
-            dim = family.input_channel_dim(module, x) if isinstance(x, torch.Tensor) else None
-            if dim is not None and tracer.depth == 0:
-                tracer.depth += 1  # measuring is not part of the model: its ops are not traced
-                stats[name] = channel_stats(x, dim, stats.get(name))
-                tracer.depth -= 1
-
-        return hook
-
     for name, m in model.named_modules():
         if isinstance(m, Mask):
             handles.append(m.register_forward_pre_hook(pre, with_kwargs=True))
@@ -565,7 +569,7 @@ def trace_channels(
         if family is None:
             continue
         if record_inputs:
-            handles.append(m.register_forward_pre_hook(record(name, family)))
+            handles.append(m.register_forward_pre_hook(_stats_hook(stats, name, family, tracer)))
         if family.is_plain(m):
             handles.append(m.register_forward_pre_hook(pre, with_kwargs=True))
             handles.append(m.register_forward_hook(post(family), with_kwargs=True))

@@ -49,13 +49,16 @@ class LayerFamily:
             that adds others is traced through instead of taken as one step.
         channel_scale: ``weight`` is one scale factor per channel (norm layers), what
             Network Slimming sparsifies.
+        follows_input: the layer passes its input's channels on, one to one (norm
+            layers, PReLU): it neither creates nor consumes channels.
     """
 
     name: ClassVar[str]
     types: ClassVar[tuple[type, ...]]
     own_tensors: ClassVar[tuple[str, ...]] = ("weight", "bias")
     size_attrs: ClassVar[tuple[str, ...]] = ()  # what update_attrs changes (saved with pruned models)
-    channel_scale: ClassVar[bool] = False  # its ``weight`` is one scale per channel (norm layers)
+    channel_scale: ClassVar[bool] = False
+    follows_input: ClassVar[bool] = False  # its output channels are its input's (norms, PReLU)  # its ``weight`` is one scale per channel (norm layers)
 
     def claims(self, module: nn.Module) -> bool:
         return isinstance(module, self.types)

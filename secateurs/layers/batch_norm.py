@@ -23,6 +23,7 @@ class BatchNorm(LayerFamily):
     types = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
     own_tensors = _TENSORS
     channel_scale = True
+    follows_input = True
     size_attrs = ("num_features",)
 
     def trace(self, tr, module, name, x, args, kwargs, out, use):

@@ -20,6 +20,7 @@ class GroupNorm(LayerFamily):
     name = "group_norm"
     types = (nn.GroupNorm,)
     channel_scale = True
+    follows_input = True
     size_attrs = ("num_channels", "num_groups")
 
     def trace(self, tr, module, name, x, args, kwargs, out, use):

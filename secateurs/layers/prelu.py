@@ -11,6 +11,7 @@ class PReLU(LayerFamily):
     name = "prelu"
     types = (nn.PReLU,)
     own_tensors = ("weight",)
+    follows_input = True
     size_attrs = ("num_parameters",)
 
     def trace(self, tr, module, name, x, args, kwargs, out, use):

@@ -13,7 +13,6 @@ from ..layers import LAYERS
 from .plan import Plan
 
 
-_FOLLOWERS = ("batch_norm", "instance_norm", "group_norm", "prelu")  # they lose what their producer loses
 
 
 class Undo:
@@ -143,7 +142,7 @@ def apply_plan(model: nn.Module, graph: ChannelGraph, plan: Plan, undo: Undo,
             if use.out_ids is not None:
                 n_out = int((~removed[graph.component[use.out_ids]]).sum())
                 gone = use.out_ids.numel() - n_out
-                if gone and family.name not in _FOLLOWERS:
+                if gone and not family.follows_input:  # a norm layer loses what its producer loses
                     removed_out[name] = gone
         attrs = {k: v for k, v in vars(module).items() if not k.startswith("_")}
         undo.add(lambda m=module, a=attrs: m.__dict__.update(a))

@@ -60,7 +60,9 @@ def _channel_zero(mask: torch.Tensor, dim: int) -> torch.Tensor:
     return ~mask.movedim(dim, 0).reshape(mask.shape[dim], -1).any(1)
 
 
-_FOLLOWERS = ("batch_norm", "instance_norm", "group_norm", "prelu")  # pass their input's channels on
+def _follows(use) -> bool:
+    """Does this layer pass its input's channels on (a norm layer, PReLU)?"""
+    return LAYERS.get(use.family).follows_input
 
 
 def _sources(model: nn.Module, graph: ChannelGraph, masks: Mapping) -> tuple[torch.Tensor, torch.Tensor, list]:
@@ -81,7 +83,7 @@ def _sources(model: nn.Module, graph: ChannelGraph, masks: Mapping) -> tuple[tor
     silent_norm: dict[str, torch.Tensor] = {}
     for name, use in graph.modules.items():
         module = modules[name]
-        if use.family in _FOLLOWERS and use.out_ids is not None:
+        if _follows(use) and use.out_ids is not None:
             w, b = (by_tensor.get(id(stored(module, t))) for t in ("weight", "bias"))
             if w is not None and w.dim() == 1 and (b is not None or getattr(module, "bias", None) is None):
                 silent = ~w if b is None else ~w & ~b
@@ -94,7 +96,7 @@ def _sources(model: nn.Module, graph: ChannelGraph, masks: Mapping) -> tuple[tor
         module = modules[name]
         owned.update(plain_name(f"{name}.{t}") for t, _ in module.named_parameters())
         family = LAYERS.family_of(module)
-        if use.out_ids is None or family is None or use.family in _FOLLOWERS:
+        if use.out_ids is None or family is None or _follows(use):
             continue
         out_dim = family.weight_dims(module)[0]
         weight = stored(module, "weight")
@@ -175,7 +177,7 @@ def plan_removal(model: nn.Module, graph: ChannelGraph, masks: Mapping[int, tupl
     candidates = wanted & ~graph.fixed & ~live
     modules = dict(model.named_modules())
     consumers = [(n, u) for n, u in graph.modules.items()
-                 if u.in_ids is not None and u.in_ids is not u.out_ids and u.family not in _FOLLOWERS]
+                 if u.in_ids is not None and u.in_ids is not u.out_ids and not _follows(u)]
     for _ in range(2):  # blocking a channel can change what another consumer folds: settle once more
         folds = []
         for name, use in consumers:
