@@ -14,20 +14,22 @@ class Progress:
         title: what runs (the pruner's name).
         enabled: True or False; None (the default) shows it only when stderr is a terminal.
         stream: where to write (stderr).
+        noun: what one step of ``total`` is called ("round", "iteration").
     """
 
-    def __init__(self, total: int, title: str, enabled: bool | None = None, stream: TextIO | None = None) -> None:
+    def __init__(self, total: int, title: str, enabled: bool | None = None, stream: TextIO | None = None,
+                 noun: str = "round") -> None:
         if enabled is not None and not isinstance(enabled, bool):
             raise TypeError(f"The 'progress' parameter of {title} must be True, False or None; got {enabled!r}.")
         self.stream = stream if stream is not None else sys.stderr
         isatty = getattr(self.stream, "isatty", None)
         self.enabled = enabled if enabled is not None else bool(isatty and isatty())
-        self.total, self.title, self._shown = total, title, False
+        self.total, self.title, self.noun, self._shown = total, title, noun, False
 
     def update(self, done: int, **fields: float | str) -> None:
         if not self.enabled:
             return
-        parts = [f"{self.title} round {done}/{self.total}"]
+        parts = [f"{self.title} {self.noun} {done}/{self.total}"]
         parts += [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in fields.items()]
         self.stream.write("\r" + " | ".join(parts) + "\x1b[K")
         self.stream.flush()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 import torch
@@ -220,3 +221,86 @@ def load_masks(path: str | os.PathLike) -> Masks:
             raise ValueError(f"{path!r}: mask for {module_name}.{target} is {mask.dtype}, expected bool.")
         out.setdefault(module_name, {})[target] = mask
     return out
+
+
+def _mask_grad(factor: torch.Tensor, param: torch.Tensor) -> None:
+    if param.grad is not None:
+        param.grad.mul_(factor)
+
+
+class MaskedInPlace:
+    """Train a masked model at the cost of a dense one: while active, the masks are taken
+    off and the pruned entries of each masked parameter are held at zero in place.
+
+    The parametrizations' multiply (a new weight tensor in every forward, and its
+    backward) made a masked training step markedly slower than a dense one. Inside this
+    context each masked parameter is the module's weight itself, with its pruned entries
+    zero; its gradient is masked as soon as it is accumulated (so gradient clipping and
+    norms see what they would see with the mask attached), and :meth:`after_step` zeroes
+    the pruned entries again after each optimizer step (an optimizer's momentum or decay
+    may move them). The forward pass and the kept entries' gradients are bit for bit those
+    of the attached masks, so the kept weights train identically. On exit the masks are
+    attached again, with the stored values of pruned entries left at zero.
+
+    Pruners use it around the training they drive; a user's own loop can too::
+
+        with MaskedInPlace(model) as masked:
+            ...  # loss.backward(); optimizer.step(); masked.after_step()
+
+    Args:
+        model: a model with masks attached (by a pruner or :func:`attach_masks`).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.masks: Masks = {}
+        self._held: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._handles: list[Any] = []
+        self.active = False
+
+    def __enter__(self) -> MaskedInPlace:
+        if self.active:
+            raise RuntimeError("MaskedInPlace is already active.")
+        self.masks = {m: dict(t) for m, t in get_masks(self.model).items()}
+        detach_masks(self.model, apply=True)
+        self.active = True
+        self._hold()
+        return self
+
+    def _hold(self) -> None:
+        for module_name, targets in self.masks.items():
+            module = get_module(self.model, module_name)
+            for target, mask in targets.items():
+                tensor = getattr(module, target)
+                factor = mask.to(dtype=tensor.dtype, device=tensor.device)
+                self._held.append((tensor, factor))
+                if isinstance(tensor, nn.Parameter) and tensor.requires_grad:
+                    self._handles.append(tensor.register_post_accumulate_grad_hook(partial(_mask_grad, factor)))
+
+    def _release(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles, self._held = [], []
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        """Zero the pruned entries again (call after every optimizer step)."""
+        for tensor, factor in self._held:
+            tensor.mul_(factor)
+
+    def update(self, masks: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
+        """Hold these masks from now on (they replace the held ones; a pruner's new round)."""
+        if not self.active:
+            raise RuntimeError("MaskedInPlace.update: not active.")
+        checked = check_masks(self.model, masks)
+        self._release()
+        self.masks = {m: dict(t) for m, t in checked.items()}
+        self._hold()
+        self.after_step()
+
+    def __exit__(self, *exc: Any) -> None:
+        if not self.active:
+            return
+        self._release()
+        self.active = False
+        attach_masks(self.model, self.masks)

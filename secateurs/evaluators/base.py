@@ -146,6 +146,18 @@ class Evaluator:
         self._after_step.clear()
         self.model = None
 
+    def training_state(self) -> tuple[dict[str, torch.Tensor], Any]:
+        """The training state that lives across :meth:`train` calls (optimizer moments, LR
+        schedules), as tensors and a JSON value, for checkpoints and for resetting it.
+
+        The base adapters build their optimizers inside each :meth:`train` call (Lightning,
+        Hugging Face Trainer), so there is nothing to keep: ``({}, None)``.
+        """
+        return {}, None
+
+    def load_training_state(self, tensors: dict[str, torch.Tensor], meta: Any) -> None:
+        """Restore what :meth:`training_state` returned."""
+
     # -- what adapters use ---------------------------------------------------------------
     def _train(self, max_steps: int | None, max_epochs: int | None) -> None:
         raise NotImplementedError

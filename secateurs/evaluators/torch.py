@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
+from ..checkpoint import load_optimizer_state, optimizer_state
 from .base import Evaluator
 
 
@@ -91,6 +93,47 @@ class TorchEvaluator(Evaluator):
         finally:
             for h in handles:
                 h.remove()
+
+    def training_state(self) -> tuple[dict[str, torch.Tensor], Any]:
+        """The optimizers' and LR schedulers' state dicts, split into tensors and JSON.
+
+        Raises:
+            TypeError: a scheduler's state holds a value that is neither a tensor nor JSON
+                (it could not be checkpointed without pickle).
+        """
+        tensors: dict[str, torch.Tensor] = {}
+        optims = []
+        for i, opt in enumerate(_as_list(self.optimizers)):
+            t, meta = optimizer_state(opt, f"optim/{i}/")
+            tensors.update(t)
+            optims.append(meta)
+        scheds = []
+        for i, sched in enumerate(_as_list(self.lr_schedulers)):
+            values = {}
+            for key, value in sched.state_dict().items():
+                if isinstance(value, torch.Tensor):
+                    tensors[f"sched/{i}/{key}"] = value
+                    continue
+                try:
+                    values[key] = json.loads(json.dumps(value))
+                except (TypeError, ValueError):
+                    raise TypeError(f"TorchEvaluator: lr_schedulers[{i}] ({type(sched).__name__}) holds {key!r} = "
+                                    f"{type(value).__name__}, which cannot be checkpointed without pickle.") from None
+            scheds.append(values)
+        return tensors, {"optimizers": optims, "schedulers": scheds}
+
+    def load_training_state(self, tensors: dict[str, torch.Tensor], meta: Any) -> None:
+        opts, scheds = _as_list(self.optimizers), _as_list(self.lr_schedulers)
+        if meta is None or len(meta["optimizers"]) != len(opts) or len(meta["schedulers"]) != len(scheds):
+            raise ValueError("TorchEvaluator.load_training_state: the state is of another number of optimizers "
+                             "or LR schedulers.")
+        for i, opt in enumerate(opts):
+            load_optimizer_state(opt, tensors, meta["optimizers"][i], f"optim/{i}/")
+        for i, sched in enumerate(scheds):
+            state = dict(meta["schedulers"][i])
+            prefix = f"sched/{i}/"
+            state.update({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+            sched.load_state_dict(state)
 
     def evaluate(self) -> float:
         if self.evaluating_func is None:

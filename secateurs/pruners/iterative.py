@@ -1,8 +1,8 @@
 """Scheduled pruners: LinearPruner and AGPPruner re-prune with a wrapped pruner during training.
 
-Every ``interval_steps`` optimizer steps of the user's own training (through an
-:class:`~secateurs.evaluators.Evaluator`), round ``k = 1 .. total_times`` sets each config's
-ratio to ``schedule(k, total_times, final)`` (``final`` being the config's own
+Round ``k = 1 .. total_times`` trains ``interval_steps`` optimizer steps of the user's own
+training (one call of the loop, through an :class:`~secateurs.evaluators.Evaluator`), then
+sets each config's ratio to ``schedule(k, total_times, final)`` (``final`` being the config's own
 ``sparse_ratio``) and lets the wrapped pruner compute masks on the current masked weights.
 The masks are AND-ed with the previous ones (see :meth:`Pruner.calculate_masks`), so the
 masks only grow; training then goes on to the end of the budget (fine-tuning).
@@ -10,7 +10,7 @@ masks only grow; training then goes on to the end of the budget (fine-tuning).
 
 from __future__ import annotations
 
-import dataclasses
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -19,14 +19,11 @@ import torch.nn as nn
 from .._progress import Progress
 from .._registry import PRUNERS
 from ..evaluators.base import Evaluator
-from ..layers import LAYERS
-from ..masks import Masks
+from ..masks import MaskDict, Masks, get_masks
 from ..schedules import agp, linear
-from ..sparsity import to_units
-from ..targets import get_module
 from .base import Pruner
 from .data import DataPruner, all_reduce_sum
-from .dependency import plan_dependencies
+from .longrun import Rounds, check_checkpoint_dir, copy_masks, history_from, history_tensors, mean, ratios_of, realised
 
 
 class _ScheduledPruner:
@@ -38,13 +35,17 @@ class _ScheduledPruner:
         interval_steps: optimizer steps between two pruning rounds.
         total_times: the number of rounds.
         evaluator: runs the training; ``None`` means the wrapped pruner's own evaluator.
+        checkpoint_dir: a folder for a checkpoint at every round boundary; ``compress()``
+            with the same folder resumes from the last one (see
+            :mod:`secateurs.pruners.longrun`).
         progress: show one line on stderr per round (round i of n, step, mean realised
             sparsity); None (default) shows it only when stderr is a terminal.
 
     Attributes:
         history: one dict per round: ``"round"``, ``"step"`` (optimizer steps run when it
             pruned), ``"sparse_ratio"`` (config index -> the ratio asked for) and
-            ``"sparsity"`` (``"module.target"`` -> fraction of its units pruned).
+            ``"sparsity"`` (``"module.target"`` -> fraction of its units pruned) and ``"masks"``
+            (a CPU copy of the masks after the round).
     """
 
     schedule: Callable[[int, int, float], float]
@@ -55,9 +56,11 @@ class _ScheduledPruner:
     default_op_types = ("Conv1d", "Conv2d", "Conv3d", "Linear")
 
     def __init__(self, pruner: Pruner, interval_steps: int, total_times: int,
-                 evaluator: Evaluator | None = None, *, progress: bool | None = None) -> None:
+                 evaluator: Evaluator | None = None, *, checkpoint_dir: str | os.PathLike | None = None,
+                 progress: bool | None = None) -> None:
         name = type(self).__name__
         Progress(total_times, name, progress)  # validates ``progress`` with the other arguments
+        self.checkpoint_dir = check_checkpoint_dir(name, checkpoint_dir)
         if not isinstance(pruner, Pruner):
             raise TypeError(f"{name}: 'pruner' must be a secateurs pruner built with its config_list "
                             f"(L1NormPruner(model, config_list), ...); got {type(pruner).__name__}.")
@@ -81,7 +84,6 @@ class _ScheduledPruner:
         self.total_times = total_times
         self.evaluator = evaluator
         self.final_ratios = {s.config_index: s.sparse_ratio for s in pruner.settings.values()}
-        self._settings = pruner.settings
         self.history: list[dict[str, Any]] = []
         self.progress = progress
 
@@ -93,11 +95,7 @@ class _ScheduledPruner:
     def calculate_masks(self) -> Masks:
         """Masks at the final ratios from the current (masked) weights, as the wrapped
         pruner computes them; not attached."""
-        self._set_ratios(self.final_ratios)
-        try:
-            return self.pruner.calculate_masks()
-        finally:
-            self._set_ratios(None)
+        return self.pruner.calculate_masks()
 
     @property
     def model(self) -> nn.Module:
@@ -110,69 +108,87 @@ class _ScheduledPruner:
     def compress(self, max_steps: int | None = None, max_epochs: int | None = None) -> tuple[nn.Module, Masks]:
         """Train, pruning every ``interval_steps`` optimizer steps, then fine-tune to the end.
 
+        Round ``k`` trains ``interval_steps`` optimizer steps (one call of the user's loop
+        through the evaluator, masks held in place) and then prunes at the schedule's
+        ratio. After the last round the model is fine-tuned with the masks attached.
+
         Args:
-            max_steps: optimizer steps to train in all; at least ``interval_steps *
-                total_times``. With neither limit given, exactly that many.
-            max_epochs: epochs to train (the user's loop decides what an epoch is).
+            max_steps: optimizer steps to train in all, at least ``interval_steps *
+                total_times``; the steps beyond the rounds' are the fine-tuning. With
+                neither limit given, exactly the rounds' steps.
+            max_epochs: epochs of fine-tuning after the rounds (what an epoch is, the
+                user's loop decides); with ``max_steps`` too, the fine-tuning stops at
+                whichever comes first.
 
         Returns:
             The model (masks attached in place) and the final masks.
 
         Raises:
-            ValueError: ``max_steps`` is shorter than the rounds need (before any training).
-            RuntimeError: the training loop stopped before the last round (the masks of
-                the rounds that ran stay attached, and ``history`` lists them).
+            ValueError: ``max_steps`` is shorter than the rounds need (before any
+                training), or the checkpoint in ``checkpoint_dir`` is damaged or of
+                another run (before anything changes).
+            RuntimeError: the training loop stopped before a round's steps were done (the
+                masks of the rounds that ran stay attached, and ``history`` lists them).
         """
         name = type(self).__name__
         need = self.interval_steps * self.total_times
-        if max_steps is None and max_epochs is None:
-            max_steps = need
         if max_steps is not None and (not isinstance(max_steps, int) or isinstance(max_steps, bool)
                                       or max_steps < need):
             raise ValueError(f"{name}.compress: 'max_steps' must be an int >= interval_steps * total_times = "
                              f"{self.interval_steps} * {self.total_times} = {need}; got {max_steps!r}.")
+        if max_epochs is not None and (not isinstance(max_epochs, int) or isinstance(max_epochs, bool)
+                                       or max_epochs < 1):
+            raise ValueError(f"{name}.compress: 'max_epochs' must be a positive int or None; got {max_epochs!r}.")
         wrapped = self.pruner
         data = isinstance(wrapped, DataPruner)
+        rounds = Rounds(name, wrapped.net, self.evaluator, self.checkpoint_dir, {
+            "pruner": self.registry_name,
+            "arguments": {"interval_steps": self.interval_steps, "total_times": self.total_times,
+                          "max_steps": max_steps, "max_epochs": max_epochs},
+            "wrapped": {"pruner": getattr(wrapped, "registry_name", type(wrapped).__name__),
+                        "config_list": wrapped.config_list,
+                        "dummy_input": wrapped.graph is not None}}, self.total_times, self.progress)
         self.history = []
-        steps = 0
+        first = 1
+        resumed = rounds.resume()
+        if resumed is not None:
+            done_round, done, tensors, entries = resumed
+            self.history = history_from(tensors, entries)
+            first = done_round + 1
+            if done:
+                if data:
+                    wrapped._load_extra_state({k: v for k, v in tensors.items() if k.startswith("stats/")})
+                wrapped.masks = MaskDict(get_masks(wrapped.net))
+                wrapped.masks.trace = wrapped.graph
+                return wrapped.model, wrapped.masks
         last_stats: dict = {}
-        bar = Progress(self.total_times, name, self.progress)
-
-        def after_step() -> None:
-            nonlocal steps, last_stats
-            steps += 1
-            k = steps // self.interval_steps
-            if steps % self.interval_steps or k > self.total_times:
-                return
-            ratios = {i: type(self).schedule(k, self.total_times, final) for i, final in self.final_ratios.items()}
-            self._set_ratios(ratios)
-            if data:
-                last_stats = self._finish_stats()
-            Pruner.compress(wrapped)
-            if data:
-                wrapped.stats = {}  # the next round scores the next interval only
-            realised = self._realised()
-            self.history.append({"round": k, "step": steps, "sparse_ratio": ratios, "sparsity": realised})
-            bar.update(k, step=steps, sparsity=sum(realised.values()) / max(len(realised), 1))
-
         try:
-            with self.evaluator.session(wrapped.model) as evaluator:
+            for k in range(first, self.total_times + 1):
                 if data:
                     wrapped.stats = {}
-                    wrapped._install(evaluator)
-                evaluator.after_optimizer_step(after_step)
-                evaluator.train(max_steps=max_steps, max_epochs=max_epochs)
-        finally:
-            bar.close()
-            self._set_ratios(None)
+                rounds.train(self.interval_steps, install=wrapped._install if data else None)
+                ratios = {i: type(self).schedule(k, self.total_times, final) for i, final in self.final_ratios.items()}
+                with ratios_of(wrapped, ratios):
+                    if data:
+                        last_stats = self._finish_stats()
+                    Pruner.compress(wrapped)
+                    sparsity = realised(wrapped.net, wrapped.targets, wrapped.masks)
+                self.history.append({"round": k, "step": rounds.steps, "sparse_ratio": ratios, "sparsity": sparsity,
+                                     "masks": copy_masks(wrapped.masks)})
+                rounds.bar.update(k, step=rounds.steps, sparsity=mean(sparsity))
+                rounds.save(k, *history_tensors(self.history))
+            tune = None if max_steps is None else max_steps - need
+            if (tune is None and max_epochs is not None) or (tune is not None and tune > 0):
+                rounds.train(tune, max_epochs, require=False)
             if data:
                 wrapped.stats = last_stats
-        if len(self.history) < self.total_times:
-            raise RuntimeError(
-                f"{name}: the training loop ran {steps} optimizer steps, but the {self.total_times} rounds need "
-                f"{need} (interval_steps * total_times); {len(self.history)} rounds ran. Give the loop enough "
-                f"data or epochs, or lower 'interval_steps' or 'total_times'."
-            )
+            wrapped.masks = MaskDict(get_masks(wrapped.net))
+            wrapped.masks.trace = wrapped.graph
+            tensors, entries = history_tensors(self.history)
+            rounds.save(self.total_times + 1, {**tensors, **(wrapped._extra_state() if data else {})}, entries,
+                        done=True)
+        finally:
+            rounds.bar.close()
         return wrapped.model, wrapped.masks
 
     def _finish_stats(self) -> dict:
@@ -189,27 +205,6 @@ class _ScheduledPruner:
             all_reduce_sum(value)
         wrapped._finish()
         return dict(wrapped.stats)
-
-    def _set_ratios(self, ratios: dict[int, float] | None) -> None:
-        """Give the wrapped pruner these per-config ratios (``None``: its own settings back)."""
-        wrapped = self.pruner
-        settings = self._settings if ratios is None else {
-            n: dataclasses.replace(s, sparse_ratio=ratios[s.config_index]) for n, s in self._settings.items()}
-        wrapped.settings = settings
-        wrapped.targets = [t for s in settings.values() for t in wrapped._targets_of(s)]
-        families = [LAYERS.family_of(get_module(wrapped.net, t.module_name)) is not None for t in wrapped.targets]
-        wrapped._plan = plan_dependencies(wrapped.targets, wrapped.graph, families)
-
-    def _realised(self) -> dict[str, float]:
-        out = {}
-        for t in self.pruner.targets:
-            mask = self.pruner.masks.get(t.module_name, {}).get(t.name)
-            if mask is None:
-                out[f"{t.module_name}.{t.name}"] = 0.0
-                continue
-            gone = to_units(mask.float(), t.blocks, pad=0.0).amax(1) == 0
-            out[f"{t.module_name}.{t.name}"] = int(gone.sum()) / gone.numel()
-        return out
 
     def unwrap_model(self) -> None:
         """Detach the masks in place; pruned entries of the parameters become zero."""
