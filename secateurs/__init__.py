@@ -8,12 +8,14 @@ from .evaluators import Evaluator, TorchEvaluator
 from .pruners import (
     ActivationAPoZRankPruner,
     ActivationMeanRankPruner,
+    ADMMPruner,
     AGPPruner,
     FPGMPruner,
     L1NormPruner,
     L2NormPruner,
     LevelPruner,
     LinearPruner,
+    LotteryTicketPruner,
     Pruner,
     SlimPruner,
     TaylorFOWeightPruner,
@@ -35,6 +37,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "PRUNERS",
+    "ADMMPruner",
     "AGPPruner",
     "ActivationAPoZRankPruner",
     "ActivationMeanRankPruner",
@@ -48,6 +51,7 @@ __all__ = [
     "L2NormPruner",
     "LevelPruner",
     "LinearPruner",
+    "LotteryTicketPruner",
     "ModelSpeedup",
     "ModuleSetting",
     "Pruner",

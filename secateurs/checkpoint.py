@@ -106,7 +106,7 @@ def latest_checkpoint(folder: str | os.PathLike) -> Path | None:
 def _differences(expected: Any, found: Any, path: str = "") -> list[str]:
     if isinstance(expected, Mapping) and isinstance(found, Mapping):
         out = []
-        for key in sorted(set(expected) | set(found), key=str):
+        for key in sorted(set(expected) | set(found), key=lambda k: (k != "pruner", str(k))):  # the pruner first
             where = f"{path}.{key}" if path else str(key)
             if key not in found:
                 out.append(f"{where} is missing from the checkpoint")
@@ -115,6 +115,9 @@ def _differences(expected: Any, found: Any, path: str = "") -> list[str]:
             else:
                 out += _differences(expected[key], found[key], where)
         return out
+    if isinstance(expected, list) and isinstance(found, list) and len(expected) == len(found):
+        return [d for i, (e, f) in enumerate(zip(expected, found))
+                for d in _differences(e, f, f"{path}.{i}" if path else str(i))]
     if expected != found:
         shown = lambda v: (json.dumps(v)[:120] + "...") if len(json.dumps(v)) > 120 else json.dumps(v)  # noqa: E731
         return [f"{path or 'fingerprint'}: this run has {shown(expected)}, the checkpoint {shown(found)}"]
@@ -204,12 +207,14 @@ def optimizer_state(optimizer: torch.optim.Optimizer, prefix: str) -> tuple[dict
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, tensors: Mapping[str, torch.Tensor], meta: Any,
                          prefix: str) -> None:
-    """Restore what :func:`optimizer_state` returned into ``optimizer``."""
+    """Restore what :func:`optimizer_state` returned into ``optimizer`` (copies of the
+    tensors: ``tensors`` stay as they are however the optimizer trains on)."""
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         if key.startswith(prefix + "state/"):
             index, name = key[len(prefix + "state/"):].split("/", 1)
-            state.setdefault(int(index), {})[name] = value
+            # A copy: the optimizer would otherwise train the caller's tensor in place.
+            state.setdefault(int(index), {})[name] = value.clone()
     for key, value in meta["values"].items():
         index, name = key.split("/", 1)
         state.setdefault(int(index), {})[name] = value

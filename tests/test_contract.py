@@ -41,6 +41,7 @@ def _evaluator(model):
 PROVIDERS = {
     "evaluator": _evaluator,
     "training_steps": lambda model: 3,
+    "iterations": lambda model: 2,
 }
 
 

@@ -136,6 +136,11 @@ class Evaluator:
         """Score the bound model; higher is better."""
         raise NotImplementedError
 
+    def can_evaluate(self) -> bool:
+        """Whether :meth:`evaluate` has what it needs (pruners that record a score per
+        round skip the score when it has not)."""
+        return type(self).evaluate is not Evaluator.evaluate
+
     def restore(self) -> None:
         """Remove every hook and patch a pruner installed."""
         for handle in self._handles:

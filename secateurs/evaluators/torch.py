@@ -135,6 +135,9 @@ class TorchEvaluator(Evaluator):
             state.update({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
             sched.load_state_dict(state)
 
+    def can_evaluate(self) -> bool:
+        return self.evaluating_func is not None
+
     def evaluate(self) -> float:
         if self.evaluating_func is None:
             raise ValueError("TorchEvaluator.evaluate: no 'evaluating_func' was given.")

@@ -9,9 +9,12 @@ from .data import (
     SlimPruner,
     TaylorFOWeightPruner,
 )
+from .admm import ADMMPruner
 from .iterative import AGPPruner, LinearPruner
+from .lottery import LotteryTicketPruner
 
 __all__ = [
+    "ADMMPruner",
     "AGPPruner",
     "ActivationAPoZRankPruner",
     "ActivationMeanRankPruner",
@@ -21,6 +24,7 @@ __all__ = [
     "L2NormPruner",
     "LevelPruner",
     "LinearPruner",
+    "LotteryTicketPruner",
     "Pruner",
     "SlimPruner",
     "Target",

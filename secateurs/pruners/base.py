@@ -286,9 +286,13 @@ class Pruner:
         order = {name: i for i, (name, _) in enumerate(self.net.named_modules())}
         return dict(sorted(masks.items(), key=lambda item: order[item[0]]))
 
+    def _scored_tensor(self, t: Target) -> torch.Tensor:
+        """The tensor whose units :meth:`score` ranks: the target as the model computes with it."""
+        return getattr(get_module(self.net, t.module_name), t.name).detach()
+
     def _unit_scores(self, t: Target, existing: Masks) -> torch.Tensor:
         """Flat unit scores of ``t``; units already wholly masked score ``-inf``."""
-        tensor = getattr(get_module(self.net, t.module_name), t.name).detach()
+        tensor = self._scored_tensor(t)
         scores = self.score(t, to_units(tensor, t.blocks)).reshape(-1)
         check_scores((t.module_name, t.name), scores)
         old = existing.get(t.module_name, {}).get(t.name)

@@ -152,8 +152,8 @@ class _ScheduledPruner:
         first = 1
         resumed = rounds.resume()
         if resumed is not None:
-            done_round, done, tensors, entries = resumed
-            self.history = history_from(tensors, entries)
+            done_round, done, tensors, meta = resumed
+            self.history = history_from(tensors, meta["history"])
             first = done_round + 1
             if done:
                 if data:
@@ -176,7 +176,8 @@ class _ScheduledPruner:
                 self.history.append({"round": k, "step": rounds.steps, "sparse_ratio": ratios, "sparsity": sparsity,
                                      "masks": copy_masks(wrapped.masks)})
                 rounds.bar.update(k, step=rounds.steps, sparsity=mean(sparsity))
-                rounds.save(k, *history_tensors(self.history))
+                tensors, entries = history_tensors(self.history)
+                rounds.save(k, tensors, {"history": entries})
             tune = None if max_steps is None else max_steps - need
             if (tune is None and max_epochs is not None) or (tune is not None and tune > 0):
                 rounds.train(tune, max_epochs, require=False)
@@ -185,8 +186,8 @@ class _ScheduledPruner:
             wrapped.masks = MaskDict(get_masks(wrapped.net))
             wrapped.masks.trace = wrapped.graph
             tensors, entries = history_tensors(self.history)
-            rounds.save(self.total_times + 1, {**tensors, **(wrapped._extra_state() if data else {})}, entries,
-                        done=True)
+            rounds.save(self.total_times + 1, {**tensors, **(wrapped._extra_state() if data else {})},
+                        {"history": entries}, done=True)
         finally:
             rounds.bar.close()
         return wrapped.model, wrapped.masks

@@ -116,6 +116,25 @@ def _plain_name(key: str) -> str | None:
     return key
 
 
+def plain_tensors(net: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer by its name without masks (the stored tensor of a masked
+    parameter), the live objects; mask buffers are left out."""
+    out = {}
+    for key, value in net.state_dict(keep_vars=True).items():
+        name = _plain_name(key)
+        if name is not None:
+            out[name] = value
+    return out
+
+
+def score_of(evaluator: Evaluator, net: nn.Module) -> float | None:
+    """The evaluator's score of ``net`` (higher is better), or None when it cannot evaluate."""
+    if not evaluator.can_evaluate():
+        return None
+    with evaluator.session(net) as bound:
+        return float(bound.evaluate())
+
+
 def model_fingerprint(net: nn.Module) -> dict[str, Any]:
     """The model's class and the name, shape and dtype of each parameter and buffer."""
     tensors = {}
@@ -123,7 +142,8 @@ def model_fingerprint(net: nn.Module) -> dict[str, Any]:
         name = _plain_name(key)
         if name is not None:
             tensors[name] = [list(value.shape), str(value.dtype).removeprefix("torch.")]
-    return {"class": f"{type(net).__module__}.{type(net).__qualname__}", "tensors": tensors}
+    # The class's own name only: a script run as __main__ and imported as a module is one model.
+    return {"class": type(net).__qualname__, "tensors": tensors}
 
 
 def _jsonable(value: Any) -> Any:
@@ -152,6 +172,10 @@ class Rounds:
                                       "evaluator": type(evaluator).__name__})
         self.bar = Progress(total, owner, progress, noun=noun)
         self.steps = 0  # optimizer steps run so far in this compress() (restored on resume)
+
+    @staticmethod
+    def check_progress(owner: str, progress: Any) -> None:
+        Progress(1, owner, progress)  # raises TypeError for anything but True, False, None
 
     # -- training ---------------------------------------------------------------------
     def train(self, steps: int | None, epochs: int | None = None,
@@ -268,6 +292,9 @@ def history_tensors(history: list[dict[str, Any]]) -> tuple[dict[str, torch.Tens
 
 def history_from(tensors: Mapping[str, torch.Tensor], entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     history = [dict(e) for e in entries]
+    for entry in history:  # JSON made the config indices strings
+        if isinstance(entry.get("sparse_ratio"), dict):
+            entry["sparse_ratio"] = {int(k): v for k, v in entry["sparse_ratio"].items()}
     for key, mask in tensors.items():
         if key.startswith("history/"):
             _, i, rest = key.split("/", 2)
