@@ -228,6 +228,22 @@ def _mask_grad(factor: torch.Tensor, param: torch.Tensor) -> None:
         param.grad.mul_(factor)
 
 
+# Optimizers whose update of an entry is exactly zero when its gradient, its weight and its
+# state (moments, accumulators) are zero: with these, entries held at zero stay zero, and the
+# zeroing after each step can be skipped. The Adam family divides by sqrt(v) + eps, so only
+# with eps > 0.
+_ZERO_KEEPING = {torch.optim.SGD: None, torch.optim.Adam: "eps", torch.optim.AdamW: "eps",
+                 torch.optim.Adagrad: "eps", torch.optim.RMSprop: "eps", torch.optim.Adamax: "eps",
+                 torch.optim.NAdam: "eps", torch.optim.RAdam: "eps", torch.optim.Adadelta: "eps"}
+
+
+def _keeps_zeros(optimizer: Any) -> bool:
+    eps = _ZERO_KEEPING.get(type(optimizer), False)  # the exact class: a subclass may do anything
+    if eps is False:
+        return False
+    return eps is None or all(float(g.get(eps, 0.0)) > 0 for g in optimizer.param_groups)
+
+
 class MaskedInPlace:
     """Train a masked model at the cost of a dense one: while active, the masks are taken
     off and the pruned entries of each masked parameter are held at zero in place.
@@ -235,12 +251,18 @@ class MaskedInPlace:
     The parametrizations' multiply (a new weight tensor in every forward, and its
     backward) made a masked training step markedly slower than a dense one. Inside this
     context each masked parameter is the module's weight itself, with its pruned entries
-    zero; its gradient is masked as soon as it is accumulated (so gradient clipping and
-    norms see what they would see with the mask attached), and :meth:`after_step` zeroes
-    the pruned entries again after each optimizer step (an optimizer's momentum or decay
-    may move them). The forward pass and the kept entries' gradients are bit for bit those
-    of the attached masks, so the kept weights train identically. On exit the masks are
-    attached again, with the stored values of pruned entries left at zero.
+    zero, and its gradient is masked as soon as it is accumulated (so gradient clipping
+    and norms see what they would see with the mask attached). The forward pass and the
+    kept entries' gradients are those of the attached masks, so the kept weights train
+    identically. On exit the masks are attached again, with the stored values of pruned
+    entries left at zero.
+
+    An optimizer's momentum or decay could still move a pruned entry, so
+    :meth:`after_step` zeroes them again after each optimizer step. When every optimizer
+    that trains the model is given and is one whose update is exactly zero for an entry
+    whose gradient, weight and state are zero (torch's SGD, Adam, AdamW, Adagrad, RMSprop,
+    Adamax, NAdam, RAdam, Adadelta, with ``eps > 0``), the pruned entries of its state are
+    zeroed once instead and :meth:`after_step` has nothing to do.
 
     Pruners use it around the training they drive; a user's own loop can too::
 
@@ -249,11 +271,14 @@ class MaskedInPlace:
 
     Args:
         model: a model with masks attached (by a pruner or :func:`attach_masks`).
+        optimizers: the optimizers that train it, when known (None: unknown).
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, optimizers: list[torch.optim.Optimizer] | None = None) -> None:
         self.model = model
         self.masks: Masks = {}
+        self.optimizers = list(optimizers) if optimizers is not None else None
+        self.rezero = self.optimizers is None or not all(_keeps_zeros(o) for o in self.optimizers)
         self._held: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._handles: list[Any] = []
         self.active = False
@@ -276,6 +301,21 @@ class MaskedInPlace:
                 self._held.append((tensor, factor))
                 if isinstance(tensor, nn.Parameter) and tensor.requires_grad:
                     self._handles.append(tensor.register_post_accumulate_grad_hook(partial(_mask_grad, factor)))
+        if not self.rezero:
+            self._zero_state()
+
+    @torch.no_grad()
+    def _zero_state(self) -> None:
+        """Zero the pruned entries of every optimizer state tensor of a held parameter's shape."""
+        factors = {id(t): f for t, f in self._held}
+        for optimizer in self.optimizers or ():
+            for param, state in optimizer.state.items():
+                factor = factors.get(id(param))
+                if factor is None:
+                    continue
+                for value in state.values():
+                    if isinstance(value, torch.Tensor) and value.shape == factor.shape:
+                        value.mul_(factor.to(value.dtype))
 
     def _release(self) -> None:
         for handle in self._handles:
@@ -284,7 +324,10 @@ class MaskedInPlace:
 
     @torch.no_grad()
     def after_step(self) -> None:
-        """Zero the pruned entries again (call after every optimizer step)."""
+        """Zero the pruned entries again (call after every optimizer step); nothing to do
+        when the optimizers are known to keep them at zero."""
+        if not self.rezero:
+            return
         for tensor, factor in self._held:
             tensor.mul_(factor)
 
@@ -296,7 +339,9 @@ class MaskedInPlace:
         self._release()
         self.masks = {m: dict(t) for m, t in checked.items()}
         self._hold()
-        self.after_step()
+        with torch.no_grad():
+            for tensor, factor in self._held:
+                tensor.mul_(factor)
 
     def __exit__(self, *exc: Any) -> None:
         if not self.active:

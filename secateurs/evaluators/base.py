@@ -163,6 +163,11 @@ class Evaluator:
     def load_training_state(self, tensors: dict[str, torch.Tensor], meta: Any) -> None:
         """Restore what :meth:`training_state` returned."""
 
+    def training_optimizers(self) -> list[torch.optim.Optimizer] | None:
+        """Every optimizer that trains the model across :meth:`train` calls, when the
+        adapter knows them (None: built inside the framework's own training)."""
+        return None
+
     # -- what adapters use ---------------------------------------------------------------
     def _train(self, max_steps: int | None, max_epochs: int | None) -> None:
         raise NotImplementedError

@@ -135,6 +135,9 @@ class TorchEvaluator(Evaluator):
             state.update({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
             sched.load_state_dict(state)
 
+    def training_optimizers(self) -> list[torch.optim.Optimizer]:
+        return _as_list(self.optimizers)
+
     def can_evaluate(self) -> bool:
         return self.evaluating_func is not None
 

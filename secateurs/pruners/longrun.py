@@ -186,7 +186,8 @@ class Rounds:
         Raises:
             RuntimeError: with ``require``, the loop stopped before ``steps`` steps.
         """
-        with self.evaluator.session(self.net) as evaluator, MaskedInPlace(self.net) as held:
+        held_in_place = MaskedInPlace(self.net, self.evaluator.training_optimizers())
+        with self.evaluator.session(self.net) as evaluator, held_in_place as held:
             evaluator.after_optimizer_step(held.after_step)
             if install is not None:
                 install(evaluator)
