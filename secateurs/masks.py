@@ -45,7 +45,8 @@ class Mask(nn.Module):
     """The parametrization ``weight -> weight * mask``; ``mask`` is a bool buffer.
 
     The product uses a copy of the mask in the weight's dtype, made once and remade only
-    when the mask tensor, its version (an in-place change) or the dtype or device changes:
+    when the mask tensor, its version (an in-place change), the dtype or device, or
+    inference mode changes:
     multiplying by a bool tensor converts it on every call, which made a masked training
     step markedly slower than a dense one.
     """
@@ -58,8 +59,11 @@ class Mask(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mask = self.mask
         cached = self._factor
-        if cached is None or cached[0] is not mask or cached[1] != (mask._version, x.dtype, x.device):
-            cached = self._factor = (mask, (mask._version, x.dtype, x.device), mask.to(dtype=x.dtype, device=x.device))
+        # A copy made under inference mode cannot take part in autograd later (Lightning
+        # validates under inference mode between training rounds): one cache per mode.
+        key = (mask._version, x.dtype, x.device, torch.is_inference_mode_enabled())
+        if cached is None or cached[0] is not mask or cached[1] != key:
+            cached = self._factor = (mask, key, mask.to(dtype=x.dtype, device=x.device))
         return x * cached[2]
 
 

@@ -219,3 +219,50 @@ def test_the_standalone_pytorch_lightning_package_works_too() -> None:
     assert (len(losses), len(steps)) == (2, 2)
     with pytest.raises(TypeError, match="pytorch_lightning.LightningDataModule"):
         LightningEvaluator(trainer, RandomData())
+
+
+def test_long_running_pruners_train_their_rounds_through_lightning() -> None:
+    """Each round is one more ``train`` call on the same Trainer; the pruned weights stay
+    zero while Lightning's own optimizer trains (it is not one secateurs knows, so they are
+    zeroed after every step), and LT's ticket is the initial weights, masked."""
+    from secateurs import AGPPruner, ADMMPruner, LevelPruner, LotteryTicketPruner
+    from secateurs.masks import get_masks
+
+    config = [{"op_types": ["Linear"], "sparse_ratio": 0.5}]
+    model = TinyClassifier()
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    ev = LightningEvaluator(_trainer(max_epochs=50), RandomData(), metric="val_acc")
+    pruner = LotteryTicketPruner(model, config, ev, total_iteration=2, training_steps=3)
+    _, masks = pruner.compress()
+    assert [r["sparsity"]["net.0.weight"] for r in pruner.history] == [0.28125, 0.5]
+    assert all(isinstance(r["score"], float) for r in pruner.history)
+    for name, value in init.items():
+        head, attr = name.rsplit(".", 1)
+        mask = masks.get(head, {}).get(attr)
+        live = getattr(model.get_submodule(head), attr)
+        assert torch.equal(live, value if mask is None else value * mask), name
+
+    model = TinyClassifier()
+    ev = LightningEvaluator(_trainer(max_epochs=50), RandomData())
+    zeros = []  # per training step: masks attached? and the zeros of net.0.weight its forward uses
+    original = model.training_step
+
+    def training_step(batch, batch_idx):
+        zeros.append((get_masks(model) != {}, int((model.net[0].weight == 0).sum())))
+        return original(batch, batch_idx)
+
+    model.training_step = training_step
+    agp = AGPPruner(LevelPruner(model, config), 2, 2, ev)
+    _, masks = agp.compress(max_steps=6)
+    del model.training_step
+    # Rounds after steps 2 and 4 (floor(32 * 0.4375) = 14, then 16 of 32), then 2 steps of fine-tuning;
+    # the masks are held in place during training, never attached.
+    assert zeros == [(False, 0), (False, 0), (False, 14), (False, 14), (False, 16), (False, 16)]
+    assert int((~masks["net.0"]["weight"]).sum()) == 16
+
+    model = TinyClassifier()
+    ev = LightningEvaluator(_trainer(max_epochs=50), RandomData())
+    admm = ADMMPruner(model, [{**config[0], "rho": 1e-2}], ev, iterations=2, training_steps=3)
+    _, masks = admm.compress()
+    assert int((admm.Z[("net.0", "weight")] != 0).sum()) == 16
+    assert torch.equal(masks["net.0"]["weight"], admm.Z[("net.0", "weight")] != 0)

@@ -167,3 +167,15 @@ def test_a_mask_changed_in_place_or_replaced_is_used_at_once():
     attach_masks(layer, {"": {"weight": torch.ones(2, 3, dtype=torch.bool)}})  # replaced
     assert torch.allclose(layer(x), full)
     assert torch.allclose(layer.double()(x.double()), full.double(), atol=1e-6)  # another dtype
+
+
+def test_a_forward_under_inference_mode_does_not_break_training_afterwards():
+    # Lightning validates under torch.inference_mode between training rounds; the mask's
+    # cached float copy made there must not leak into autograd.
+    model = torch.nn.Linear(4, 3)
+    attach_masks(model, {"": {"weight": torch.tensor([[1, 0, 1, 0]] * 3, dtype=torch.bool)}})
+    x = torch.randn(2, 4)
+    with torch.inference_mode():
+        model(x)
+    model(x).sum().backward()
+    assert torch.equal(model.parametrizations.weight.original.grad[:, 1], torch.zeros(3))
