@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
@@ -119,15 +120,43 @@ def attach_masks(model: nn.Module, masks: Mapping[str, Mapping[str, torch.Tensor
         _attach(model, check_masks(model, masks))
 
 
+@contextmanager
+def _grad_accumulators_kept() -> Iterator[None]:
+    """Register parametrizations without ``original.set_(original)``.
+
+    ``register_parametrization`` sets the tensor to itself "so that the optimizer keeps
+    it"; ``set_`` also gives the parameter a new gradient accumulator, and the hooks that
+    DistributedDataParallel put on the old one stop firing: a DDP-wrapped model with masks
+    attached after wrapping then fails its next backward ("Expected to have finished
+    reduction in the prior iteration"). With no ``right_inverse`` the call is a no-op, so
+    it is skipped.
+    """
+    maybe_set = getattr(parametrize, "_maybe_set", None)
+    if maybe_set is None:
+        yield
+        return
+
+    def skip_self(dest: torch.Tensor, src: torch.Tensor) -> None:
+        if dest is not src:
+            maybe_set(dest, src)
+
+    parametrize._maybe_set = skip_self
+    try:
+        yield
+    finally:
+        parametrize._maybe_set = maybe_set
+
+
 def _attach(model: nn.Module, masks: Masks) -> None:
-    for module_name, targets in masks.items():
-        module = get_module(model, module_name)
-        for target, mask in targets.items():
-            current = _mask_of(module, target)
-            if current is not None:
-                current.mask = mask
-            else:
-                parametrize.register_parametrization(module, target, Mask(mask), unsafe=True)
+    with _grad_accumulators_kept():
+        for module_name, targets in masks.items():
+            module = get_module(model, module_name)
+            for target, mask in targets.items():
+                current = _mask_of(module, target)
+                if current is not None:
+                    current.mask = mask
+                else:
+                    parametrize.register_parametrization(module, target, Mask(mask), unsafe=True)
 
 
 def _drop_parametrization(module: nn.Module, target: str, apply: bool) -> None:

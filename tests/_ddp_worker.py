@@ -1,5 +1,6 @@
 """Run under torchrun by test_distributed.py: prune a DDP-wrapped model with each
-data-driven pruner, each rank on its own data, and save every rank's masks.
+data-driven pruner (and LotteryTicket and ADMM, which train in rounds), each rank on its
+own data, and save every rank's masks.
 
 The data are built so that each rank alone would keep different channels: input
 channel ``c`` of rank ``r`` is active (+1, else -1) at a fixed fraction ``ACTIVE[r][c]`` of
@@ -20,6 +21,8 @@ import torch.nn as nn
 from secateurs import (
     ActivationAPoZRankPruner,
     ActivationMeanRankPruner,
+    ADMMPruner,
+    LotteryTicketPruner,
     SlimPruner,
     TaylorFOWeightPruner,
     TorchEvaluator,
@@ -33,7 +36,12 @@ CASES = {
     "meanrank": (ActivationMeanRankPruner, False, "0"),
     "taylor": (TaylorFOWeightPruner, False, "0"),
     "slim": (SlimPruner, True, "1"),  # the BatchNorm
+    # Long-running pruners: their rounds must train the DDP wrapper, whose all-reduce keeps the
+    # ranks' weights (and so their masks) one.
+    "lottery": (LotteryTicketPruner, False, "0"),
+    "admm": (ADMMPruner, False, "0"),
 }
+ROUNDS = {"lottery": {"total_iteration": 2}, "admm": {"iterations": 2}}
 
 
 def build(norm: bool) -> nn.Module:
@@ -72,7 +80,7 @@ def prune(name: str, model: nn.Module, steps: list[list[torch.Tensor]], prefix: 
 
     evaluator = TorchEvaluator(loop, torch.optim.SGD(model.parameters(), lr=0.1), step)
     config = [{"op_names": [prefix + target], "sparse_ratio": 0.5}]
-    _, masks = cls(model, config, evaluator, training_steps=STEPS).compress()
+    _, masks = cls(model, config, evaluator, training_steps=STEPS, **ROUNDS.get(name, {})).compress()
     return masks
 
 

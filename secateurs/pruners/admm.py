@@ -179,7 +179,7 @@ class ADMMPruner(Pruner):
                 (before anything changes).
         """
         name = type(self).__name__
-        rounds = Rounds(name, self.net, self.evaluator, self.checkpoint_dir, {
+        rounds = Rounds(name, self.model, self.evaluator, self.checkpoint_dir, {
             "pruner": self.registry_name, "config_list": self.config_list,
             "arguments": {"iterations": self.iterations, "training_steps": self.training_steps,
                           "training_epochs": self.training_epochs, "granularity": self.granularity,

@@ -141,7 +141,7 @@ class _ScheduledPruner:
             raise ValueError(f"{name}.compress: 'max_epochs' must be a positive int or None; got {max_epochs!r}.")
         wrapped = self.pruner
         data = isinstance(wrapped, DataPruner)
-        rounds = Rounds(name, wrapped.net, self.evaluator, self.checkpoint_dir, {
+        rounds = Rounds(name, wrapped.model, self.evaluator, self.checkpoint_dir, {
             "pruner": self.registry_name,
             "arguments": {"interval_steps": self.interval_steps, "total_times": self.total_times,
                           "max_steps": max_steps, "max_epochs": max_epochs},

@@ -155,7 +155,7 @@ class Rounds:
 
     Args:
         owner: the pruner's class name (for messages and the progress line).
-        net: the model pruned (inside any DDP wrapper).
+        model: the model as the user gave it (maybe wrapped in DistributedDataParallel).
         evaluator: runs the training chunks.
         checkpoint_dir: where checkpoints go (None: none are written).
         fingerprint: what identifies the run (pruner, arguments, config_list); the
@@ -165,9 +165,13 @@ class Rounds:
         noun: what the progress line calls a round ("round", "iteration").
     """
 
-    def __init__(self, owner: str, net: nn.Module, evaluator: Evaluator, checkpoint_dir: Path | None,
+    def __init__(self, owner: str, model: nn.Module, evaluator: Evaluator, checkpoint_dir: Path | None,
                  fingerprint: Mapping[str, Any], total: int, progress: bool | None, noun: str = "round") -> None:
-        self.owner, self.net, self.evaluator, self.folder = owner, net, evaluator, checkpoint_dir
+        # The user's loop gets the model as given (a DDP wrapper all-reduces the gradients);
+        # masks and checkpoints are of the module inside it.
+        wrapped = isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel))
+        net = model.module if wrapped else model
+        self.owner, self.model, self.net, self.evaluator, self.folder = owner, model, net, evaluator, checkpoint_dir
         self.fingerprint = _jsonable({**fingerprint, "model": model_fingerprint(net),
                                       "evaluator": type(evaluator).__name__})
         self.bar = Progress(total, owner, progress, noun=noun)
@@ -187,7 +191,7 @@ class Rounds:
             RuntimeError: with ``require``, the loop stopped before ``steps`` steps.
         """
         held_in_place = MaskedInPlace(self.net, self.evaluator.training_optimizers())
-        with self.evaluator.session(self.net) as evaluator, held_in_place as held:
+        with self.evaluator.session(self.model) as evaluator, held_in_place as held:
             evaluator.after_optimizer_step(held.after_step)
             if install is not None:
                 install(evaluator)

@@ -174,7 +174,7 @@ class LotteryTicketPruner(Pruner):
         """
         name = type(self).__name__
         n = self.total_iteration
-        rounds = Rounds(name, self.net, self.evaluator, self.checkpoint_dir, {
+        rounds = Rounds(name, self.model, self.evaluator, self.checkpoint_dir, {
             "pruner": self.registry_name, "config_list": self.config_list,
             "arguments": {"total_iteration": n, "training_steps": self.training_steps,
                           "training_epochs": self.training_epochs, "reset_weight": self.reset_weight,
@@ -221,7 +221,7 @@ class LotteryTicketPruner(Pruner):
                 with ratios_of(self, ratios):
                     Pruner.compress(self)
                     sparsity = realised(self.net, self.targets, self.masks)
-                score = score_of(self.evaluator, self.net)
+                score = score_of(self.evaluator, self.model)
                 self.history.append({"round": k, "step": rounds.steps, "sparse_ratio": ratios,
                                      "sparsity": sparsity, "score": score, "masks": copy_masks(self.masks)})
                 if self.reset_weight:
