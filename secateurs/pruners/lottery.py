@@ -193,7 +193,7 @@ class LotteryTicketPruner(Pruner):
             if done:
                 return self.model, self.masks
             first = done_round + 1
-        elif self.rewind_step == 0:
+        elif self.reset_weight and self.rewind_step == 0:
             start = self._snapshot()
         final = {s.config_index: s.sparse_ratio for s in self.settings.values()}
         try:
