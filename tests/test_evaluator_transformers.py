@@ -195,3 +195,21 @@ def test_a_copy_cannot_borrow_an_optimizer_of_another_model(trainer) -> None:
     with ev.session(copy.deepcopy(trainer.model)), pytest.raises(ValueError, match="trainer.optimizer"):
         ev.train(max_steps=1)
     assert _trainer_snapshot(trainer) == before
+
+
+def test_lottery_ticket_rounds_run_through_the_trainer(trainer) -> None:
+    """Each round is one more ``Trainer.train`` call; the model ends holding the ticket."""
+    from secateurs import LotteryTicketPruner
+
+    model = trainer.model
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    ev = TransformersEvaluator(trainer)
+    config = [{"op_types": ["Linear"], "op_names_re": [r".*intermediate\.dense"], "sparse_ratio": 0.75}]
+    pruner = LotteryTicketPruner(model, config, ev, total_iteration=2, training_steps=2)
+    _, masks = pruner.compress()
+    name = "bert.encoder.layer.0.intermediate.dense.weight"
+    assert [r["sparsity"][name] for r in pruner.history] == [0.5, 0.75]
+    assert all(isinstance(r["score"], float) for r in pruner.history)  # -eval_loss of each round
+    mask = masks["bert.encoder.layer.0.intermediate.dense"]["weight"]
+    assert torch.equal(model.bert.encoder.layer[0].intermediate.dense.weight, init[name] * mask)
+    assert torch.equal(model.classifier.weight, init["classifier.weight"])
