@@ -94,12 +94,24 @@ def save_checkpoint(folder: str | os.PathLike, step: int, tensors: Mapping[str, 
     return final
 
 
-def latest_checkpoint(folder: str | os.PathLike) -> Path | None:
-    """The checkpoint of the highest round in ``folder``, or None (partial files are ignored)."""
+def checkpoints(folder: str | os.PathLike) -> list[tuple[int, Path]]:
+    """(round, path) of every complete checkpoint in ``folder``, oldest first."""
     folder = Path(folder)
     if not folder.is_dir():
-        return None
-    found = sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name)))
+        return []
+    return sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name)))
+
+
+def prune_checkpoints(folder: str | os.PathLike, keep: int = 2) -> None:
+    """Delete all but the ``keep`` newest checkpoints in ``folder`` (the one before the
+    newest stays, to start from should the newest be damaged)."""
+    for _, path in checkpoints(folder)[:-keep]:
+        path.unlink(missing_ok=True)
+
+
+def latest_checkpoint(folder: str | os.PathLike) -> Path | None:
+    """The checkpoint of the highest round in ``folder``, or None (partial files are ignored)."""
+    found = checkpoints(folder)
     return found[-1][1] if found else None
 
 

@@ -158,6 +158,11 @@ def test_a_damaged_checkpoint_is_refused_and_nothing_changes(damage, cnn, tmp_pa
     with pytest.raises(ValueError, match=r"cannot resume from checkpoint_dir .*(truncated or damaged|is damaged)"):
         _lottery(fresh, tmp_path).compress()
     assert _unchanged(fresh, before)
+    # As the message says: without the damaged file, the run goes on from the one before it.
+    path.unlink()
+    _lottery(fresh, tmp_path).compress()
+    for (name, a), (_, b) in zip(cnn.state_dict().items(), fresh.state_dict().items()):
+        assert torch.equal(a, b), name
 
 
 def test_no_checkpoint_dir_writes_nothing_and_a_file_is_refused(cnn, tmp_path):
@@ -171,11 +176,23 @@ def test_no_checkpoint_dir_writes_nothing_and_a_file_is_refused(cnn, tmp_path):
 def test_every_round_boundary_leaves_a_checkpoint_with_the_optimizer_state(cnn, tmp_path):
     from secateurs.checkpoint import load_checkpoint
 
-    AGPPruner(L1NormPruner(cnn, CONFIG), 2, 3, _evaluator(cnn), checkpoint_dir=tmp_path).compress(max_steps=8)
+    seen = []
+    ev = _evaluator(cnn)
+    original = ev.training_func
+
+    def loop(*args):
+        seen.append(sorted(p.name for p in tmp_path.iterdir()))
+        original(*args)
+
+    ev.training_func = loop
+    AGPPruner(L1NormPruner(cnn, CONFIG), 2, 3, ev, checkpoint_dir=tmp_path).compress(max_steps=8)
+    # Each round's training starts after the last round's checkpoint; the two newest are kept.
+    assert seen == [[], ["round-000001.safetensors"], ["round-000001.safetensors", "round-000002.safetensors"],
+                    ["round-000002.safetensors", "round-000003.safetensors"]]
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == [f"round-00000{i}.safetensors" for i in (1, 2, 3, 4)]  # three rounds, then the end
-    tensors, meta = load_checkpoint(tmp_path / names[1])
-    assert meta["round"] == 2 and meta["steps"] == 4 and not meta["done"]
+    assert names == ["round-000003.safetensors", "round-000004.safetensors"]  # three rounds, then the end
+    tensors, meta = load_checkpoint(tmp_path / names[0])
+    assert meta["round"] == 3 and meta["steps"] == 6 and not meta["done"]
     assert any(k.startswith("train/optim/0/state/") and k.endswith("momentum_buffer") for k in tensors)
     assert {"rng/torch", "rng/numpy"} <= set(tensors) and any(k.startswith("masks/") for k in tensors)
-    assert json.loads(json.dumps(meta["pruner"]["history"]))[1]["round"] == 2
+    assert [r["round"] for r in json.loads(json.dumps(meta["pruner"]["history"]))] == [1, 2, 3]

@@ -4,7 +4,7 @@ A long run (LinearPruner, AGPPruner, LotteryTicketPruner, ADMMPruner) alternates
 training chunks, each one call of the user's training loop through the evaluator, with
 pruning steps. :class:`Rounds` runs the chunks with the masks held in place
 (:class:`~secateurs.masks.MaskedInPlace`, so masked training costs what dense training
-does), and, given a ``checkpoint_dir``, writes a checkpoint at every round boundary:
+does), and, given a ``checkpoint_dir``, writes a checkpoint at every round boundary (the two newest are kept):
 
 * the model's parameters and buffers and its attached masks,
 * the evaluator's training state (for TorchEvaluator: its optimizers and LR schedulers),
@@ -33,7 +33,15 @@ import torch
 import torch.nn as nn
 
 from .._progress import Progress
-from ..checkpoint import latest_checkpoint, load_checkpoint, module_state, rng_state, save_checkpoint, set_rng_state
+from ..checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    module_state,
+    prune_checkpoints,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from ..evaluators.base import Evaluator
 from ..layers import LAYERS
 from ..masks import Masks, MaskedInPlace, attach_masks, check_masks, detach_masks, get_masks
@@ -227,6 +235,7 @@ class Rounds:
         save_checkpoint(self.folder, round_, out, {
             "round": round_, "done": done, "steps": self.steps, "fingerprint": self.fingerprint,
             "training": train_meta, "rng": rng_meta, "pruner": dict(meta)})
+        prune_checkpoints(self.folder, keep=2)  # disk use stays two checkpoints, however long the run
 
     def resume(self) -> tuple[int, bool, dict[str, torch.Tensor], dict[str, Any]] | None:
         """Restore the last checkpoint in ``checkpoint_dir``, if any.
