@@ -34,7 +34,7 @@ def _check_rho(value: Any) -> tuple[type[Exception], str] | None:
 
 @PRUNERS.register("admm")
 class ADMMPruner(Pruner):
-    """Train towards the sparsity constraint, then prune to it.
+    """ADMM: train with a penalty that pulls the weights to their sparse projection, then prune to it.
 
     For each selected tensor ``W`` the pruner keeps ``Z`` (a copy of ``W`` projected onto
     the constraint "at most ``1 - sparse_ratio`` of the units are non-zero") and the
