@@ -2,7 +2,7 @@
 
 A checkpoint holds tensors (parameters, buffers, masks, optimizer state, a pruner's own
 state, RNG states) and a JSON description (``meta``) in the safetensors metadata, with a
-SHA-256 of every tensor's bytes. Writing goes to a temporary file in the same folder,
+SHA-256 of the description and every tensor's bytes. Writing goes to a temporary file in the same folder,
 which is flushed to disk (``fsync``) and renamed over the final name, so a kill at any
 moment leaves the previous complete checkpoint. Loading runs no code from the file
 (no pickle) and refuses a file that is truncated, altered, or written for another run
@@ -39,8 +39,13 @@ _FORMAT = "secateurs.checkpoint/1"
 _NAME = re.compile(r"^round-(\d{6})\.safetensors$")
 
 
-def _digest(tensors: Mapping[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
+class CheckpointMismatch(ValueError):
+    """A complete checkpoint that was written for another run (pruner, arguments, model)."""
+
+
+def _digest(tensors: Mapping[str, torch.Tensor], text: str) -> str:
+    """SHA-256 of the description and of every tensor's name, dtype, shape and bytes."""
+    h = hashlib.sha256(text.encode())
     for key in sorted(tensors):
         t = tensors[key].detach().contiguous().cpu()
         h.update(key.encode())
@@ -79,7 +84,7 @@ def save_checkpoint(folder: str | os.PathLike, step: int, tensors: Mapping[str, 
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".partial-", suffix=".safetensors")
     os.close(fd)
     try:
-        save_file(cpu, tmp, metadata={"format": _FORMAT, "meta": text, "sha256": _digest(cpu)})
+        save_file(cpu, tmp, metadata={"format": _FORMAT, "meta": text, "sha256": _digest(cpu, text)})
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, final)
@@ -145,8 +150,8 @@ def load_checkpoint(path: str | os.PathLike, expect: Mapping[str, Any] | None = 
             differs is refused, naming what differs.
 
     Raises:
-        ValueError: the file is not a complete, unaltered secateurs checkpoint, or it was
-            written for another run.
+        CheckpointMismatch: (a ValueError) it was written for another run.
+        ValueError: the file is not a complete, unaltered secateurs checkpoint.
     """
     path = Path(path)
     try:
@@ -156,11 +161,13 @@ def load_checkpoint(path: str | os.PathLike, expect: Mapping[str, Any] | None = 
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
     except (SafetensorError, OSError, RuntimeError, ValueError) as err:
-        raise ValueError(f"{str(path)!r} is not a readable checkpoint (truncated or damaged?): {err}") from None
+        raise ValueError(f"{str(path)!r} is not a readable checkpoint (truncated or damaged?): "
+                         f"{str(err).rstrip('.')}.") from None
     if header.get("format") != _FORMAT:
         raise ValueError(f"{str(path)!r} is not a secateurs checkpoint (format {header.get('format')!r}).")
-    if header.get("sha256") != _digest(tensors):
-        raise ValueError(f"{str(path)!r} is damaged: its tensors do not match the checksum written with them.")
+    if header.get("sha256") != _digest(tensors, header.get("meta", "")):
+        raise ValueError(f"{str(path)!r} is damaged: its tensors or description do not match the checksum "
+                         f"written with them.")
     try:
         meta = json.loads(header.get("meta", ""))
     except json.JSONDecodeError:
@@ -168,7 +175,7 @@ def load_checkpoint(path: str | os.PathLike, expect: Mapping[str, Any] | None = 
     if expect is not None:
         diffs = _differences(json.loads(json.dumps(dict(expect))), meta.get("fingerprint", {}))
         if diffs:
-            raise ValueError(f"{str(path)!r} was written for another run: " + "; ".join(diffs[:5]) + ".")
+            raise CheckpointMismatch(f"{str(path)!r} was written for another run: " + "; ".join(diffs[:5]) + ".")
     return tensors, meta
 
 

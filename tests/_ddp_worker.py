@@ -96,6 +96,30 @@ def main(out_dir: str) -> None:
         # a reducer still alive when the process group goes can abort the process at exit.
         del model, masks
         gc.collect()
+    # Checkpoints under torch.distributed: each rank keeps its own; a finished run is restored
+    # on every rank without training again.
+    for attempt in ("first", "again"):
+        calls = []
+        model = nn.parallel.DistributedDataParallel(build(False))
+        x = rank_data(rank)
+
+        def loop(model, optimizers, training_step, lr_schedulers, max_steps, max_epochs, calls=calls, x=x):
+            calls.append(1)
+            for batch in x * 5:
+                optimizers.zero_grad()
+                training_step(batch, model).backward()
+                optimizers.step()
+
+        ev = TorchEvaluator(loop, torch.optim.SGD(model.parameters(), lr=0.1), lambda b, m: -m(b).mean())
+        pruner = LotteryTicketPruner(model, [{"op_names": ["module.0"], "sparse_ratio": 0.5}], ev,
+                                     total_iteration=2, training_steps=STEPS,
+                                     checkpoint_dir=os.path.join(out_dir, "checkpoints"))
+        _, masks = pruner.compress()
+        save_masks(masks, os.path.join(out_dir, f"resume-{attempt}-rank{rank}.safetensors"))
+        with open(os.path.join(out_dir, f"resume-{attempt}-rank{rank}.calls"), "w") as f:
+            f.write(str(len(calls)))
+        del model, masks, pruner, ev
+        gc.collect()
     dist.barrier()
     dist.destroy_process_group()
 

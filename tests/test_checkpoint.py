@@ -58,6 +58,19 @@ def test_a_truncated_or_altered_file_is_refused(tmp_path):
         load_checkpoint(path)
 
 
+def test_an_altered_description_is_refused(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    path = save_checkpoint(tmp_path, 0, {"w": torch.randn(4)}, {"round": 0, "steps": 10})
+    with safe_open(str(path), framework="pt") as f:
+        header = dict(f.metadata())
+    header["meta"] = header["meta"].replace('"steps": 10', '"steps": 99')
+    save_file(load_file(str(path)), str(path), metadata=header)  # same tensors and checksum, other JSON
+    with pytest.raises(ValueError, match="damaged: its tensors or description do not match the checksum"):
+        load_checkpoint(path)
+
+
 def test_a_pickle_is_not_loaded(tmp_path):
     path = tmp_path / "round-000000.safetensors"
     path.write_bytes(pickle.dumps({"w": torch.ones(2)}))

@@ -31,7 +31,12 @@ def ddp_masks(tmp_path_factory):
         capture_output=True, text=True, env=env, timeout=240, check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    return {name: [_kept(load_masks(out / f"{name}-rank{r}.safetensors")) for r in (0, 1)] for name in worker.CASES}
+    masks = {name: [_kept(load_masks(out / f"{name}-rank{r}.safetensors")) for r in (0, 1)] for name in worker.CASES}
+    masks["resume"] = {(attempt, r): (_kept(load_masks(out / f"resume-{attempt}-rank{r}.safetensors")),
+                                      int((out / f"resume-{attempt}-rank{r}.calls").read_text()),
+                                      sorted(p.name for p in (out / "checkpoints" / f"rank-{r}").iterdir()))
+                       for attempt in ("first", "again") for r in (0, 1)}
+    return masks
 
 
 @pytest.mark.parametrize("name", list(worker.CASES))
@@ -53,3 +58,14 @@ def test_every_rank_gets_the_masks_of_one_process_that_sees_all_the_data(name, d
     assert any(not torch.equal(alone0[k], alone1[k]) for k in alone0)
     assert any(not torch.equal(alone0[k], both[k]) for k in alone0)
     assert all(int((~v).sum()) > 0 for v in rank0.values())
+
+
+def test_each_rank_checkpoints_apart_and_a_finished_run_is_restored_on_every_rank(ddp_masks):
+    runs = ddp_masks["resume"]
+    reference, _, _ = runs[("first", 0)]
+    assert reference and all(int((~v).sum()) > 0 for v in reference.values())
+    for (attempt, rank), (masks, calls, files) in runs.items():
+        assert calls == (2 if attempt == "first" else 0), (attempt, rank)  # restored without training
+        assert files == ["round-000001.safetensors", "round-000002.safetensors"], rank
+        assert masks.keys() == reference.keys()
+        assert all(torch.equal(masks[k], reference[k]) for k in reference), (attempt, rank)

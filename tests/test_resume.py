@@ -100,6 +100,7 @@ def test_a_finished_run_is_restored_without_training_again(cnn, tmp_path):
     for module_name, entry in masks.items():
         for target, mask in entry.items():
             assert torch.equal(restored[module_name][target], mask)
+    assert list(fresh.state_dict()) == list(cnn.state_dict())  # masks attached in the run's order
     for (name, a), (_, b) in zip(cnn.state_dict().items(), fresh.state_dict().items()):
         assert torch.equal(a, b), name
     assert [{k: v for k, v in r.items() if k != "masks"} for r in again.history] == \

@@ -43,8 +43,8 @@ class ADMMPruner(Pruner):
 
     1. trains ``training_steps`` optimizer steps (or ``training_epochs`` epochs) of the
        user's loop with the paper's penalty ``rho / 2 * ||W - Z + U||_F ** 2`` added to the
-       loss for every tensor (its gradient is ``rho * (W - Z + U)``; NNI added the
-       norm itself, not its square);
+       loss for every tensor (its gradient is ``rho * (W - Z + U)``; NNI 2.10
+       added ``rho / 2`` times the square root of the norm);
     2. sets ``Z = project(W + U)``: the units of ``W + U`` that rank lowest are zeroed,
        with the same allocation as every other pruner (per layer, ``global_group_id``,
        ``max_sparse_ratio``, dependency groups with ``dummy_input``), units being single
@@ -146,7 +146,11 @@ class ADMMPruner(Pruner):
 
     def project(self, values: dict[tuple[str, str], torch.Tensor]) -> tuple[dict[tuple[str, str], torch.Tensor], Masks]:
         """Euclidean projection onto the configs' sparsity: ``values`` with their lowest-ranked
-        units zeroed (as the masks this pruner would compute from them); returns (Z, masks)."""
+        units zeroed (as the masks this pruner would compute from them); returns (Z, masks).
+
+        Like every pruner's masks, the projection composes with masks already attached to
+        the model: units masked there are counted among the pruned first, so on a model
+        with masks it projects within them."""
         self._projecting = values
         try:
             masks = self.calculate_masks()

@@ -30,11 +30,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 
 from .._progress import Progress
 from ..checkpoint import (
-    latest_checkpoint,
+    CheckpointMismatch,
+    checkpoints,
     load_checkpoint,
     module_state,
     prune_checkpoints,
@@ -184,6 +186,11 @@ class Rounds:
                                       "evaluator": type(evaluator).__name__})
         self.bar = Progress(total, owner, progress, noun=noun)
         self.steps = 0  # optimizer steps run so far in this compress() (restored on resume)
+        if self.folder is not None:
+            # Under torch.distributed each rank keeps its own checkpoints (its RNG states differ).
+            if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+                self.folder = self.folder / f"rank-{dist.get_rank()}"
+            self.evaluator.training_state()  # a state that cannot be saved fails now, not after a round
 
     @staticmethod
     def check_progress(owner: str, progress: Any) -> None:
@@ -223,9 +230,11 @@ class Rounds:
         if self.folder is None:
             return
         out = dict(module_state(self.net))
+        order = []
         for module_name, entry in get_masks(self.net).items():
             for name, mask in entry.items():
                 out[f"masks/{module_name}/{name}"] = mask
+                order.append([module_name, name])
         train_tensors, train_meta = self.evaluator.training_state()
         out.update({f"train/{k}": v for k, v in train_tensors.items()})
         rng_tensors, rng_meta = rng_state()
@@ -233,7 +242,7 @@ class Rounds:
         for key, value in tensors.items():
             out[f"pruner/{key}"] = value
         save_checkpoint(self.folder, round_, out, {
-            "round": round_, "done": done, "steps": self.steps, "fingerprint": self.fingerprint,
+            "round": round_, "done": done, "steps": self.steps, "fingerprint": self.fingerprint, "masks": order,
             "training": train_meta, "rng": rng_meta, "pruner": dict(meta)})
         prune_checkpoints(self.folder, keep=2)  # disk use stays two checkpoints, however long the run
 
@@ -249,15 +258,27 @@ class Rounds:
         """
         if self.folder is None:
             return None
-        path = latest_checkpoint(self.folder)
-        if path is None:
+        found = dict(checkpoints(self.folder))
+        latest = max(found, default=-1)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            # Every rank goes on from the same round: the newest that all of them finished.
+            agreed = torch.tensor([latest], dtype=torch.int64)
+            dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
+            latest = int(agreed)
+            if latest >= 0 and latest not in found:
+                raise ValueError(f"{self.owner}: cannot resume: the ranks' newest common checkpoint is round "
+                                 f"{latest}, which {str(self.folder)!r} no longer holds.")
+        if latest < 0:
             return None
+        path = found[latest]
         try:
             tensors, meta = load_checkpoint(path, expect=self.fingerprint)
+        except CheckpointMismatch as err:
+            raise ValueError(f"{self.owner}: cannot resume from checkpoint_dir {str(self.folder)!r}: {err} "
+                             f"Use another checkpoint_dir, or empty this one to start afresh.") from None
         except ValueError as err:
             raise ValueError(f"{self.owner}: cannot resume from checkpoint_dir {str(self.folder)!r}: {err} "
-                             f"Use another checkpoint_dir, or delete that file to start from the one "
-                             f"before it.") from None
+                             f"Delete that file to go on from the checkpoint before it.") from None
         masks: Masks = {}
         model: dict[str, torch.Tensor] = {}
         train: dict[str, torch.Tensor] = {}
@@ -273,6 +294,10 @@ class Rounds:
                 train[rest] = value
             elif kind == "pruner":
                 own[rest] = value
+        ordered: Masks = {}  # attached in the run's order, so the state_dict lists its keys as the run's did
+        for module_name, name in meta["masks"]:
+            ordered.setdefault(module_name, {})[name] = masks[module_name][name]
+        masks = ordered
         masks = check_masks(self.net, masks)
         detach_masks(self.net, apply=False)
         attach_masks(self.net, masks)
