@@ -536,7 +536,7 @@ def report(results: dict, errors: dict, dense: dict, seeds: list[int], b: dict, 
     import torch
     from bench_foundation import machine
 
-    versions = sorted({f"{LIB_NAMES[r['lib']]} {r['version']}" for r in results.values()})
+    versions = sorted({f"{'secateurs' if r['lib'] == 'secateurs' else 'nni'} {r['version']}" for r in results.values()})
     dense_acc = _ms([100 * dense[s]["acc"] for s in seeds if s in dense])
     ft = b["steps"] - b["interval"] * b["times"]
     admm_ft = b["steps"] - b["admm_iters"] * b["admm_steps"]
