@@ -238,7 +238,9 @@ def test_z_u_and_the_masks_follow_the_admm_updates(cnn):
         # Z has exactly the requested sparsity after every iteration, and the masks are its support.
         n = z[k].numel()
         assert int((pruner.Z[k] != 0).sum()) == n - math.floor(n * 0.8)
-        assert torch.equal(masks[k[0]][k[1]], pruner.Z[k] != 0)
+        # The final masks hard-prune the trained weights: the support of project(W).
+        assert torch.equal(masks[k[0]][k[1]], project(w)[k] != 0)
+        assert torch.equal(getattr(cnn.get_submodule(k[0]), k[1]), project(w)[k])
     for record in pruner.history:
         assert all(s == math.floor(_units(t) * 0.8) / _units(t)
                    for t, s in zip(pruner.targets, record["sparsity"].values()))
@@ -252,6 +254,8 @@ def test_coarse_grained_projects_whole_output_channels_and_speeds_up(cnn, batch)
     for k, z in pruner.Z.items():
         rows = z.flatten(1).abs().sum(1) != 0
         assert int(rows.sum()) == z.shape[0] // 2, k
+        live = masks[k[0]][k[1]].flatten(1).any(1)  # (conv2's mask also drops conv1's pruned inputs)
+        assert int(live.sum()) == z.shape[0] // 2  # whole output channels
     cnn.eval()
     masked = cnn(batch)
     ModelSpeedup(cnn, _dummy(), masks).speedup_model()

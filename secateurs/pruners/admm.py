@@ -52,8 +52,10 @@ class ADMMPruner(Pruner):
        ranked by their L2 norm (``"coarse-grained"``);
     3. sets ``U = U + W - Z``.
 
-    The final masks are those of the last projection (the support of ``Z``); they are
-    attached to the model, which the user then fine-tunes.
+    After the last round the weights are hard-pruned, as in the paper: the final masks are
+    those of ``project(W)``, the largest trained weights under the same allocation (when
+    ADMM has converged, ``W = Z`` and this is the support of ``Z``). They are attached to
+    the model, which the user then fine-tunes.
 
     Args:
         model: the model to prune (in place).
@@ -218,6 +220,13 @@ class ADMMPruner(Pruner):
                 self.history.append({"iteration": k, "step": rounds.steps, "sparsity": sparsity,
                                      "residual": residual})
                 if k == self.iterations:
+                    # Hard pruning, the paper's last step: the masks keep the largest trained
+                    # weights (the projection of W). Taking the support of Z = project(W + U)
+                    # instead kept the wrong weights whenever W had not yet converged to Z: U
+                    # gathers the pruned part of W every round, and at a small rho the
+                    # penalty barely moves W (28% of the weights kept among the largest |W|
+                    # on Fashion-MNIST at rho 1e-4, 10% accuracy before fine-tuning).
+                    _, masks = self.project(w)
                     self.masks = MaskDict(masks)
                     self.masks.trace = self.graph
                     attach_masks(self.net, self.masks)
