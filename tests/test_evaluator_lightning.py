@@ -267,3 +267,41 @@ def test_long_running_pruners_train_their_rounds_through_lightning() -> None:
     assert int((admm.Z[("net.0", "weight")] != 0).sum()) == 16
     kept, stored = masks["net.0"]["weight"], model.net[0].parametrizations.weight.original
     assert int(kept.sum()) == 16 and stored[kept].abs().min() >= stored[~kept].abs().max()  # the largest |W|
+
+
+def test_a_lightning_run_that_crashed_resumes_to_the_same_result(tmp_path) -> None:
+    """A crash inside round 2 of a LotteryTicket run under Lightning; the same script run
+    again with the same checkpoint_dir ends exactly like a run that never crashed."""
+    from secateurs import LotteryTicketPruner
+
+    def run(folder, crash_at=None):
+        model = TinyClassifier()
+        count = [0]
+        original = model.training_step
+
+        def training_step(batch, batch_idx):
+            count[0] += 1
+            if count[0] == crash_at:
+                raise RuntimeError("the machine went down")
+            return original(batch, batch_idx)
+
+        model.training_step = training_step
+        ev = LightningEvaluator(_trainer(max_epochs=50), RandomData(), metric="val_acc")
+        pruner = LotteryTicketPruner(model, [{"op_types": ["Linear"], "sparse_ratio": 0.75}], ev,
+                                     total_iteration=3, training_steps=3, checkpoint_dir=folder)
+        try:
+            pruner.compress()
+        finally:
+            del model.training_step
+        return model, pruner, count[0]
+
+    whole, whole_pruner, _ = run(tmp_path / "whole")
+    with pytest.raises(RuntimeError, match="the machine went down"):
+        run(tmp_path / "crashed", crash_at=5)  # round 2's second step
+    resumed, pruner, steps = run(tmp_path / "crashed")
+    assert steps == 6  # rounds 2 and 3 only
+    assert list(resumed.state_dict()) == list(whole.state_dict())
+    for (name, a), (_, b) in zip(whole.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert [(r["sparsity"], r["score"]) for r in pruner.history] == \
+        [(r["sparsity"], r["score"]) for r in whole_pruner.history]
