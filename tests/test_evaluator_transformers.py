@@ -213,3 +213,42 @@ def test_lottery_ticket_rounds_run_through_the_trainer(trainer) -> None:
     mask = masks["bert.encoder.layer.0.intermediate.dense"]["weight"]
     assert torch.equal(model.bert.encoder.layer[0].intermediate.dense.weight, init[name] * mask)
     assert torch.equal(model.classifier.weight, init["classifier.weight"])
+
+
+def test_a_trainer_run_that_crashed_resumes_to_the_same_result(trainer, tmp_path) -> None:
+    """A crash inside round 2 of a LotteryTicket run through the HF Trainer; the same run
+    started again with the same checkpoint_dir ends exactly like one that never crashed."""
+    from secateurs import LotteryTicketPruner
+
+    config = [{"op_types": ["Linear"], "op_names_re": [r".*intermediate\.dense"], "sparse_ratio": 0.75}]
+
+    def run(folder, crash_at=None):
+        model = _bert()
+        trainer.model = model  # a new model for an existing Trainer
+        count = [0]
+
+        def crash(module, args):
+            if module.training:
+                count[0] += 1
+                if count[0] == crash_at:
+                    raise RuntimeError("the machine went down")
+
+        handle = model.register_forward_pre_hook(crash)
+        pruner = LotteryTicketPruner(model, config, TransformersEvaluator(trainer), total_iteration=3,
+                                     training_steps=2, checkpoint_dir=folder)
+        try:
+            pruner.compress()
+        finally:
+            handle.remove()
+        return model, pruner, count[0]
+
+    whole, whole_pruner, steps = run(tmp_path / "whole")
+    assert steps == 6  # the model assigned to trainer.model is the one trained, not the Trainer's first
+    with pytest.raises(RuntimeError, match="the machine went down"):
+        run(tmp_path / "crashed", crash_at=4)  # round 2's second step
+    resumed, pruner, steps = run(tmp_path / "crashed")
+    assert steps == 4  # rounds 2 and 3 only
+    for (name, a), (_, b) in zip(whole.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert [(r["sparsity"], r["score"]) for r in pruner.history] == \
+        [(r["sparsity"], r["score"]) for r in whole_pruner.history]

@@ -111,7 +111,11 @@ class TransformersEvaluator(Evaluator):
     @contextmanager
     def _model_swapped_in(self) -> Iterator[None]:
         trainer = self.trainer
-        if self.model is trainer.model:
+        wrapped = getattr(trainer, "model_wrapped", None)
+        # The Trainer trains ``model_wrapped``: it must be the bound model or a wrapper of it
+        # (DDP, DeepSpeed); a model assigned to ``trainer.model`` after the Trainer was built
+        # leaves the old one there, which would be trained instead without a word.
+        if self.model is trainer.model and (wrapped is self.model or getattr(wrapped, "module", None) is self.model):
             yield
             return
         with _setattrs(trainer, {"model": self.model, "model_wrapped": self.model}):
