@@ -19,7 +19,16 @@ from ..evaluators.base import Evaluator
 from ..masks import MaskDict, Masks, attach_masks, get_masks
 from ..targets import get_module
 from .base import Pruner, Target
-from .longrun import Rounds, check_checkpoint_dir, check_evaluator, check_steps, mean, realised, unprefix
+from .longrun import (
+    Rounds,
+    check_checkpoint_dir,
+    check_evaluator,
+    check_steps,
+    mean,
+    realised,
+    require_ratios,
+    unprefix,
+)
 
 _GRANULARITIES = {"fine-grained": ("element", magnitude), "coarse-grained": ("out_channel", l2_norm)}
 
@@ -117,10 +126,8 @@ class ADMMPruner(Pruner):
         self.default_granularity, self._criterion = _GRANULARITIES[granularity]
         super().__init__(model, config_list, dummy_input=dummy_input if dummy_input is not None
                          else evaluator.dummy_input)
-        thresholds = sorted({s.config_index for s in self.settings.values() if s.sparse_ratio is None})
-        if thresholds:
-            raise ValueError(f"{name}: config_list{thresholds} give no 'sparse_ratio'; ADMM projects onto a "
-                             f"sparsity constraint, so each config needs one.")
+        require_ratios(f"{name}: ", self.settings, "; ADMM projects onto a sparsity constraint, so each config "
+                       "needs one.")
         self.evaluator = evaluator
         self.iterations = iterations
         self.training_steps, self.training_epochs = training_steps, training_epochs

@@ -69,6 +69,14 @@ def check_evaluator(owner: str, evaluator: Any) -> Evaluator:
     return evaluator
 
 
+def require_ratios(lead: str, settings: Mapping[str, Any], why: str) -> None:
+    """Refuse configs that give no ``sparse_ratio`` (a ``sparse_threshold``): ``lead +
+    "config_list[i] give no 'sparse_ratio'" + why``."""
+    missing = sorted({s.config_index for s in settings.values() if s.sparse_ratio is None})
+    if missing:
+        raise ValueError(f"{lead}config_list{missing} give no 'sparse_ratio'{why}")
+
+
 def check_checkpoint_dir(owner: str, folder: Any) -> Path | None:
     if folder is None:
         return None

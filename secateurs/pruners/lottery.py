@@ -31,6 +31,7 @@ from .longrun import (
     plain_tensors,
     ratios_of,
     realised,
+    require_ratios,
     score_of,
     unprefix,
 )
@@ -143,10 +144,8 @@ class LotteryTicketPruner(Pruner):
         self.default_granularity, self._criterion = _ALGORITHMS[pruning_algorithm]
         super().__init__(model, config_list, dummy_input=dummy_input if dummy_input is not None
                          else evaluator.dummy_input)
-        thresholds = sorted({s.config_index for s in self.settings.values() if s.sparse_ratio is None})
-        if thresholds:
-            raise ValueError(f"{name}: config_list{thresholds} give no 'sparse_ratio'; the rounds prune a "
-                             f"fraction of the weights, so each config needs one.")
+        require_ratios(f"{name}: ", self.settings, "; the rounds prune a fraction of the weights, so each config "
+                       "needs one.")
         self.evaluator = evaluator
         self.total_iteration = total_iteration
         self.training_steps, self.training_epochs = training_steps, training_epochs
