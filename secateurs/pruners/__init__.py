@@ -12,6 +12,8 @@ from .data import (
 from .admm import ADMMPruner
 from .iterative import AGPPruner, LinearPruner
 from .lottery import LotteryTicketPruner
+from .annealing import SimulatedAnnealingPruner
+from .search import SearchPruner, SearchSpace
 
 __all__ = [
     "ADMMPruner",
@@ -26,6 +28,9 @@ __all__ = [
     "LinearPruner",
     "LotteryTicketPruner",
     "Pruner",
+    "SearchPruner",
+    "SearchSpace",
+    "SimulatedAnnealingPruner",
     "SlimPruner",
     "Target",
     "TaylorFOWeightPruner",

@@ -237,6 +237,12 @@ class Pruner:
         each new mask is AND-ed with the attached one, so no pruned unit comes back.
         """
         existing = get_masks(self.net)
+        slots = self._slots(existing)
+        return self._masks_from_keeps(slots, allocate(slots), existing)
+
+    def _slots(self, existing: Masks) -> list[Slot]:
+        """The ranking slots: one per target ranked alone (first, in target order), then one
+        per dependency slot of the plan, each with its unit scores and bounds."""
         plan = self._plan
         alone = [i for i in range(len(self.targets)) if i not in plan.members]
         scores: dict[int, torch.Tensor] = {}
@@ -256,9 +262,14 @@ class Pruner:
                 keys = [(self.targets[m].module_name, self.targets[m].name) for m in d.members]
                 totals = totals.float().reshape(d.rows, -1) if d.rows else totals.float()
                 slots.append(Slot(keys, totals, d.setting, d.min_count, d.max_count))
-            keeps = allocate(slots)
+        return slots
+
+    def _masks_from_keeps(self, slots: list[Slot], keeps: list[torch.Tensor], existing: Masks) -> Masks:
+        """Masks of every tensor from one unit keep-mask per slot of :meth:`_slots` (the
+        graph's producers, norms and consumers included), AND-ed with ``existing``."""
+        plan = self._plan
         by_key = {(t.module_name, t.name): t for t in self.targets}
-        n_alone = len(alone)
+        n_alone = len(slots) - len(plan.slots)
         masks: Masks = {}
         for slot, keep in zip(slots[:n_alone], keeps):
             (key,) = slot.keys
