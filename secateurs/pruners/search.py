@@ -115,6 +115,9 @@ class SearchSpace:
         for i, slot in enumerate(self.slots):
             scores = slot.scores.detach().cpu()
             rows = scores.shape[0] if scores.dim() == 2 else 1
+            if rows > 1 or (i >= n_alone and pruner._plan.slots[i - n_alone].rows):
+                raise ValueError(f"{owner}: 'per_channel' granularity ({', '.join(k[0] for k in slot.keys)}) ranks "
+                                 f"inside each row; the search sets one count per layer, so it is not searched.")
             n = scores.shape[-1]
             order = torch.sort(scores, dim=-1, stable=True).indices
             gone = int((scores == -math.inf).sum(-1).min()) if scores.numel() else 0
@@ -237,7 +240,7 @@ class SearchSpace:
             owner, _, attr = fqn.rpartition(".")
             shape = getattr(get_module(self.pruner.net, owner), attr).shape
             numel.append(math.prod(shape))
-            for d, ids in graph.tensors[fqn].items():
+            for ids in graph.tensors[fqn].values():
                 comps.append(graph.component[ids])
                 segs.append(torch.full((ids.numel(),), s, dtype=torch.long))
                 sizes.append(ids.numel())
