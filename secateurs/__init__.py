@@ -7,6 +7,7 @@ from .masks import attach_masks, detach_masks, get_masks, load_masks, save_masks
 from .evaluators import Evaluator, TorchEvaluator
 from .pruners import (
     ActivationAPoZRankPruner,
+    AutoCompressPruner,
     ActivationMeanRankPruner,
     ADMMPruner,
     AGPPruner,
@@ -41,6 +42,7 @@ __all__ = [
     "ADMMPruner",
     "AGPPruner",
     "ActivationAPoZRankPruner",
+    "AutoCompressPruner",
     "ActivationMeanRankPruner",
     "Evaluator",
     "SlimPruner",

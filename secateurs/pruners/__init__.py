@@ -12,13 +12,14 @@ from .data import (
 from .admm import ADMMPruner
 from .iterative import AGPPruner, LinearPruner
 from .lottery import LotteryTicketPruner
-from .annealing import SimulatedAnnealingPruner
+from .annealing import AutoCompressPruner, SimulatedAnnealingPruner
 from .search import SearchPruner, SearchSpace
 
 __all__ = [
     "ADMMPruner",
     "AGPPruner",
     "ActivationAPoZRankPruner",
+    "AutoCompressPruner",
     "ActivationMeanRankPruner",
     "DataPruner",
     "FPGMPruner",

@@ -16,6 +16,7 @@ import torch.nn as nn
 from .._progress import Progress
 from .._registry import PRUNERS
 from ..masks import Masks
+from .base import Pruner
 from .search import SearchPruner, check_int
 
 
@@ -212,3 +213,203 @@ class SimulatedAnnealingPruner(SearchPruner):
     def _save(self, step, current, score, temperature, reference, rng, fingerprint, done=False) -> None:
         self.save_state(step, {}, {"current": [int(c) for c in current], "score": score, "temperature": temperature,
                                    "reference": reference, "rng": _rng_state(rng), "done": done}, fingerprint)
+
+
+_SA_KEYS = ("start_temperature", "stop_temperature", "cool_down_rate", "perturbation_magnitude", "pruning_algorithm",
+            "target", "max_evaluations", "time_limit", "candidates_per_step", "score_scale")
+_ADMM_KEYS = ("iterations", "training_steps", "training_epochs", "rho")
+_RATIO_KEYS = ("sparse_ratio", "sparsity", "sparsity_per_layer", "total_sparsity")
+
+
+@PRUNERS.register("auto_compress")
+class AutoCompressPruner(Pruner):
+    """AutoCompress: rounds of simulated annealing (per-layer sparsities) then ADMM (pruning).
+
+    Round ``i = 1 .. total_iteration`` (arXiv 1907.03141, Algorithm 1):
+
+    1. the round's budget is ``1 - (1 - P) ** (i / N)`` of the target (``P`` the config's
+       ``sparse_ratio``), so each round removes the same fraction of what is left;
+    2. :class:`SimulatedAnnealingPruner` searches the per-layer sparsities that meet it,
+       scoring candidates on copies of the current model (the earlier rounds' masks stay);
+    3. :class:`~secateurs.ADMMPruner` trains the model towards exactly those per-layer
+       sparsities and prunes to them (hard pruning from the trained weights), so the
+       round's result meets its budget as tightly as the searched candidate did.
+
+    The model ends with the last round's masks attached (fine-tune it afterwards).
+
+    Args:
+        model: the model (pruned in place).
+        config_list: as for SimulatedAnnealingPruner: one ``sparse_ratio`` over the
+            selected layers, the final budget.
+        evaluator: a secateurs Evaluator that both trains (ADMM) and evaluates (the
+            search): for example TorchEvaluator with an ``evaluating_func``.
+        total_iteration: the number of rounds ``N`` (NNI's default 3).
+        admm_params: ``iterations`` (ADMM rounds per AutoCompress round, default 3),
+            ``training_steps`` or ``training_epochs`` (per ADMM round; one is required) and
+            ``rho`` (default 1e-4).
+        sa_params: SimulatedAnnealingPruner's arguments: ``start_temperature``,
+            ``stop_temperature``, ``cool_down_rate``, ``perturbation_magnitude``,
+            ``pruning_algorithm`` (default ``"l1"``: AutoCompress prunes structure),
+            ``target`` (default ``"sparsity"``; ``"flops"``, ``"params"``),
+            ``max_evaluations``, ``time_limit``, ``candidates_per_step``, ``score_scale``.
+        dummy_input: example input (defaults to the evaluator's); needed for FLOPs or
+            parameter targets.
+        seed: seeds each round's search (round i uses ``seed + i``).
+        executor: scores candidates of the search in parallel.
+        checkpoint_dir: each round's search and ADMM checkpoint here, and the model after
+            each round; ``compress()`` with the same folder resumes.
+        progress: progress lines on stderr (None: only on a terminal).
+
+    Attributes:
+        history: per round ``"round"``, ``"ratio"``, ``"sparsity"`` (variable -> ratio the
+            search chose), ``"budget"`` (fraction removed), ``"search_score"`` and
+            ``"score"`` (the evaluator's score after ADMM's pruning).
+    """
+
+    needs = ("evaluator", "training_steps")
+    default_granularity = "out_channel"
+
+    def __init__(self, model: nn.Module, config_list: list[dict[str, Any]], evaluator: Any, total_iteration: int = 3,
+                 admm_params: dict[str, Any] | None = None, sa_params: dict[str, Any] | None = None, *,
+                 training_steps: int | None = None, dummy_input: Any = None, seed: int | None = None,
+                 executor: Executor | None = None, checkpoint_dir: str | os.PathLike | None = None,
+                 progress: bool | None = None) -> None:
+        from ..evaluators.base import Evaluator
+        from .longrun import check_checkpoint_dir
+
+        owner = type(self).__name__
+        if not isinstance(evaluator, Evaluator) or not evaluator.can_evaluate():
+            raise TypeError(f"{owner}: 'evaluator' must be a secateurs Evaluator that can train and evaluate (ADMM "
+                            f"trains, the search scores); got {type(evaluator).__name__}.")
+        check_int(owner, "total_iteration", total_iteration)
+        admm = dict(admm_params or {})
+        sa = dict(sa_params or {})
+        for label, given, known in (("admm_params", admm, _ADMM_KEYS), ("sa_params", sa, _SA_KEYS)):
+            unknown = sorted(set(given) - set(known))
+            if unknown:
+                raise ValueError(f"{owner}: unknown {label} key(s) {unknown}; known: {list(known)}.")
+        if training_steps is not None:  # the registry's generic "training_steps" need
+            admm.setdefault("training_steps", training_steps)
+        if admm.get("training_steps") is None and admm.get("training_epochs") is None:
+            raise ValueError(f"{owner}: admm_params must give 'training_steps' or 'training_epochs' (how long each "
+                             f"ADMM round trains).")
+        admm.setdefault("iterations", 3)
+        sa.setdefault("pruning_algorithm", "l1")
+        sa.setdefault("target", "sparsity")
+        self.default_granularity = "element" if sa["pruning_algorithm"] == "level" else "out_channel"
+        dummy_input = dummy_input if dummy_input is not None else evaluator.dummy_input
+        super().__init__(model, config_list, dummy_input=dummy_input)
+        self.evaluator, self.total_iteration = evaluator, total_iteration
+        self.admm_params, self.sa_params = admm, sa
+        self.seed, self.executor, self.progress = seed, executor, progress
+        self.checkpoint_dir = check_checkpoint_dir(owner, checkpoint_dir)
+        # Every argument of the search and of ADMM is checked now, on the final budget.
+        self._search(self.total_iteration, 0)
+        self.history: list[dict[str, Any]] = []
+
+    def _configs(self, ratio: float) -> list[dict[str, Any]]:
+        out = []
+        for cfg in self.config_list:
+            cfg = dict(cfg)
+            for key in _RATIO_KEYS:
+                if key in cfg:
+                    cfg[key] = ratio
+            out.append(cfg)
+        return out
+
+    def _search(self, k: int, round_seed: int) -> SimulatedAnnealingPruner:
+        from ..schedules import lottery
+
+        ratio = lottery(k, self.total_iteration, self.settings_ratio())
+        folder = self.checkpoint_dir / f"round-{k}" / "search" if self.checkpoint_dir is not None else None
+        return SimulatedAnnealingPruner(self.model, self._configs(ratio), self.evaluator, seed=round_seed,
+                                        dummy_input=self.dummy_input, executor=self.executor, checkpoint_dir=folder,
+                                        progress=self.progress, **self.sa_params)
+
+    def settings_ratio(self) -> float:
+        ratios = {s.sparse_ratio for s in self.settings.values()}
+        if len(ratios) != 1 or None in ratios:
+            raise ValueError(f"{type(self).__name__}: every config must give the same 'sparse_ratio' (the final "
+                             f"budget); got {sorted(map(str, ratios))}.")
+        return ratios.pop()
+
+    def compress(self) -> tuple[nn.Module, Masks]:
+        """Run the rounds; the model ends with the last round's masks attached."""
+        from ..masks import MaskDict, attach_masks, detach_masks, get_masks
+        from .admm import ADMMPruner
+        from .longrun import Rounds, history_from, history_tensors, score_of
+
+        owner = type(self).__name__
+        n = self.total_iteration
+        rounds = Rounds(owner, self.model, self.evaluator,
+                        self.checkpoint_dir / "rounds" if self.checkpoint_dir is not None else None,
+                        {"pruner": self.registry_name, "config_list": self.config_list,
+                         "arguments": {"total_iteration": n, "admm_params": self.admm_params,
+                                       "sa_params": self.sa_params, "seed": self.seed,
+                                       "dummy_input": self.dummy_input is not None}}, n, self.progress)
+        first = 1
+        self.history = []
+        resumed = rounds.resume()
+        if resumed is not None:
+            done_round, done, tensors, meta = resumed
+            self.history = history_from(tensors, meta["history"])
+            first = done_round + 1
+        try:
+            for k in range(first, n + 1):
+                search = self._search(k, (self.seed or 0) + k)
+                before = get_masks(self.net)
+                before = {m: {t: v.clone() for t, v in e.items()} for m, e in before.items()}
+                search.compress()
+                _, search_score, _ = search.get_best_result()
+                counts = search._best[0]
+                detach_masks(self.net, apply=False)  # ADMM chooses the units; the search chose how many
+                if before:
+                    attach_masks(self.net, before)
+                space = search.space
+                configs = []
+                for v, slot, c in zip(space.variables, space.slots, counts):
+                    modules = list(dict.fromkeys(key[0] for key in slot.keys))
+                    cfg = {"op_names": modules, "sparse_ratio": (c + 0.5) / v.n}
+                    granularity = self.settings[modules[0]].granularity
+                    if granularity != "default":
+                        cfg["granularity"] = granularity
+                    if "rho" in self.admm_params:
+                        cfg["rho"] = self.admm_params["rho"]
+                    configs.append(cfg)
+                admm = ADMMPruner(
+                    self.model, configs, self.evaluator, self.admm_params["iterations"],
+                    training_epochs=self.admm_params.get("training_epochs"),
+                    training_steps=self.admm_params.get("training_steps"),
+                    granularity="fine-grained" if self.default_granularity == "element" else "coarse-grained",
+                    dummy_input=self.dummy_input, progress=self.progress,
+                    checkpoint_dir=self.checkpoint_dir / f"round-{k}" / "admm"
+                    if self.checkpoint_dir is not None else None)
+                _, masks = admm.compress()
+                got = [int(c) for c in _counts(space, admm)]
+                if got != list(counts):
+                    raise RuntimeError(f"{owner}: round {k}: ADMM pruned {got} units per variable, not the "
+                                       f"searched {list(counts)}; this is a bug.")
+                score = score_of(self.evaluator, self.model)
+                self.history.append({"round": k, "ratio": space.ratio,
+                                     "sparsity": dict(zip((v.name for v in space.variables), space.ratios(
+                                         torch.tensor(counts)))),
+                                     "budget": space.reached(torch.tensor(counts)),
+                                     "search_score": search_score, "score": score})
+                rounds.bar.update(k, **{space.target: space.reached(torch.tensor(counts)), "score": score})
+                tensors, entries = history_tensors(self.history)
+                rounds.save(k, tensors, {"history": entries}, done=k == n)
+        finally:
+            rounds.bar.close()
+        self.masks = MaskDict(get_masks(self.net))
+        self.masks.trace = self.graph
+        return self.model, self.masks
+
+
+def _counts(space, pruner: Pruner) -> list[int]:
+    """Pruned units per search variable in the masks attached to ``pruner``'s model."""
+    from ..masks import get_masks
+    from .base import Pruner as _P
+
+    existing = get_masks(pruner.net)
+    slots = _P._slots(space.pruner, existing)
+    return [int((s.scores == -float("inf")).sum()) for s in slots]
