@@ -13,11 +13,13 @@ from .admm import ADMMPruner
 from .iterative import AGPPruner, LinearPruner
 from .lottery import LotteryTicketPruner
 from .annealing import AutoCompressPruner, SimulatedAnnealingPruner
+from .amc import AMCPruner
 from .search import SearchPruner, SearchSpace
 
 __all__ = [
     "ADMMPruner",
     "AGPPruner",
+    "AMCPruner",
     "ActivationAPoZRankPruner",
     "AutoCompressPruner",
     "ActivationMeanRankPruner",
