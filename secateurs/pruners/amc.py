@@ -3,6 +3,7 @@ Devices", arXiv 1802.03494): a DDPG agent chooses each layer's sparsity in turn.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
@@ -29,6 +30,19 @@ _DDPG_DEFAULTS: dict[str, Any] = {
 }
 _INT_KEYS = ("hidden1", "hidden2", "bsize", "rmsize")
 _UNIT_KEYS = ("discount", "tau", "delta_decay", "moving_alpha")  # in (0, 1]
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """The agent's networks are tiny: more threads only add overhead (and on a busy
+    machine a great deal of it), and one thread makes their arithmetic the same on every
+    machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _actor(dim: int, h1: int, h2: int) -> nn.Module:
@@ -280,6 +294,10 @@ class AMCPruner(SearchPruner):
             self._stored = min(self._stored + 1, size)
 
     def _update(self, rng: np.random.Generator) -> None:
+        with _one_thread():
+            self._update_once(rng)
+
+    def _update_once(self, rng: np.random.Generator) -> None:
         p = self.ddpg_params
         idx = torch.from_numpy(rng.integers(0, self._stored, p["bsize"]))
         s, a, r, s1, d = (self.buffer[k][idx] for k in ("state", "action", "reward", "next", "done"))
@@ -300,7 +318,7 @@ class AMCPruner(SearchPruner):
                     wt.mul_(1 - p["tau"]).add_(w, alpha=p["tau"])
 
     def _explore(self, rng: np.random.Generator, state: torch.Tensor, delta: float) -> float:
-        with torch.no_grad():
+        with torch.no_grad(), _one_thread():
             mu = float(self.actor(state.unsqueeze(0)))
         for _ in range(10_000):  # rejection sampling of the normal truncated to [0, 1]
             a = rng.normal(mu, delta)
