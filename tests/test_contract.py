@@ -4,6 +4,7 @@ Constructor arguments are built from each pruner's declared ``needs``, so a prun
 registered without that metadata (or with a need this suite cannot provide) fails here.
 """
 
+import inspect
 import json
 import math
 import warnings
@@ -18,6 +19,8 @@ from secateurs.pruners import UnprunedWarning
 from secateurs.sparsity import to_units
 
 NAMES = PRUNERS.names()
+# Search pruners meet the config's ratio over all selected layers, choosing each layer's.
+BUDGETED = {n for n in NAMES if getattr(PRUNERS.get(n), "budget_over_layers", False)}
 WITH_AND_WITHOUT_TRACE = [pytest.param(False, id="no-trace"), pytest.param(True, id="traced")]
 
 
@@ -34,7 +37,11 @@ def _evaluator(model):
     def step(batch, model):
         return F.cross_entropy(model(batch[0]), batch[1])
 
-    return TorchEvaluator(loop, torch.optim.SGD(model.parameters(), lr=0.01), step)
+    def evaluate(model):  # the search pruners score candidates with it
+        with torch.no_grad():
+            return -float(sum(F.cross_entropy(model(x), y) for x, y in data))
+
+    return TorchEvaluator(loop, torch.optim.SGD(model.parameters(), lr=0.01), step, evaluating_func=evaluate)
 
 
 # How this suite provides each need a pruner may declare.
@@ -63,12 +70,27 @@ def make(name, model, ratio=0.5, traced=False, configs=None, **extra):
         return cls(inner, 1, 2, **kwargs)
     if traced:
         kwargs["dummy_input"] = _dummy()
+    if name in BUDGETED:  # searches kept short; the budget these tests check is sparsity (FLOPs need the trace)
+        params = inspect.signature(cls).parameters
+        small = {"target": "sparsity", "max_evaluations": 3, "total_episode": 4, "total_iteration": 1,
+                 "sa_params": {"max_evaluations": 3}}
+        kwargs.update({k: v for k, v in small.items() if k in params})
     return cls(model, configs, **kwargs)
 
 
 def _pruned_units(t, mask):
     """Units of target ``t`` whose elements are all masked."""
     return int((to_units(mask.float(), t.blocks, pad=0.0).amax(1) == 0).sum())
+
+
+def _assert_budget(pruner, masks, ratio):
+    """At least ``ratio`` of the selected tensors' elements masked, every layer keeps a unit."""
+    numel = sum(math.prod(t.shape) for t in pruner.targets)
+    zeros = sum(int((~masks[t.module_name][t.name]).sum()) for t in pruner.targets if t.module_name in masks)
+    assert ratio <= zeros / numel
+    for t in pruner.targets:
+        if t.module_name in masks:
+            assert _pruned_units(t, masks[t.module_name][t.name]) < _units(t), t.module_name
 
 
 def _units(t):
@@ -102,6 +124,9 @@ def test_compress_returns_the_same_model_and_full_shape_binary_masks(name, trace
 def test_requested_ratio_is_realised_exactly(name, traced, cnn):
     pruner = make(name, cnn, ratio=0.3, traced=traced)
     _, masks = pruner.compress()
+    if name in BUDGETED:
+        _assert_budget(pruner, masks, 0.3)
+        return
     for t in pruner.targets:
         assert _pruned_units(t, masks[t.module_name][t.name]) == math.floor(_units(t) * 0.3), t.module_name
 
@@ -125,6 +150,9 @@ def test_parameter_identity_and_unwrap(name, traced, cnn, batch):
 def test_global_group_is_realised_over_the_group(name, traced, cnn):
     pruner = make(name, cnn, ratio=0.4, traced=traced, global_group_id=0)
     _, masks = pruner.compress()
+    if name in BUDGETED:
+        _assert_budget(pruner, masks, 0.4)
+        return
     units = sum(_units(t) for t in pruner.targets)
     pruned = sum(_pruned_units(t, masks[t.module_name][t.name]) for t in pruner.targets)
     assert pruned == math.floor(units * 0.4)
@@ -140,7 +168,9 @@ def test_pruning_a_masked_model_again_never_revives_a_unit(name, traced, cnn):
         pruner = make(name, cnn, ratio=ratio, traced=traced)
         pruner.compress()
         attached = {m: {t: v.clone() for t, v in e.items()} for m, e in get_masks(cnn).items()}
-        for t in pruner.targets:
+        if name in BUDGETED:
+            _assert_budget(pruner, attached, expected)
+        for t in pruner.targets if name not in BUDGETED else ():
             assert _pruned_units(t, attached[t.module_name][t.name]) == math.floor(_units(t) * expected), \
                 (ratio, t.module_name)
         if before is not None:

@@ -268,6 +268,7 @@ class AutoCompressPruner(Pruner):
 
     needs = ("evaluator", "training_steps")
     default_granularity = "out_channel"
+    budget_over_layers = True
 
     def __init__(self, model: nn.Module, config_list: list[dict[str, Any]], evaluator: Any, total_iteration: int = 3,
                  admm_params: dict[str, Any] | None = None, sa_params: dict[str, Any] | None = None, *,
@@ -306,6 +307,13 @@ class AutoCompressPruner(Pruner):
         # Every argument of the search and of ADMM is checked now, on the final budget.
         self._search(self.total_iteration, 0)
         self.history: list[dict[str, Any]] = []
+
+    def calculate_masks(self) -> Masks:
+        """The masks attached to the model (AutoCompress's masks come out of ADMM's training,
+        round by round; they cannot be recomputed from the weights alone)."""
+        from ..masks import get_masks
+
+        return {m: {t: v.detach().clone() for t, v in e.items()} for m, e in get_masks(self.net).items()}
 
     def _configs(self, ratio: float) -> list[dict[str, Any]]:
         out = []

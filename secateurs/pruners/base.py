@@ -72,6 +72,9 @@ class Pruner:
     default_granularity: ClassVar[str] = "out_channel"
     default_op_types: ClassVar[tuple[str, ...]] = ("Conv1d", "Conv2d", "Conv3d", "Linear")
     extra_config_keys: ClassVar[Mapping[str, Any]] = {}
+    # True for pruners that meet the config's ratio over all selected layers together and
+    # choose each layer's (the search pruners), instead of realising it in every layer.
+    budget_over_layers: ClassVar[bool] = False
 
     def __init__(self, model: nn.Module, config_list: list[dict[str, Any]], *, dummy_input: Any = None) -> None:
         if not isinstance(model, nn.Module):

@@ -452,6 +452,7 @@ class SearchPruner(Pruner):
     """Base of the search pruners: budget, scoring, history, best result, checkpoints."""
 
     default_granularity = "element"
+    budget_over_layers = True
 
     def __init__(self, model: nn.Module, config_list: list[dict[str, Any]], evaluator: Any, *,
                  target: str, pruning_algorithm: str, dummy_input: Any, seed: int | None,
@@ -500,6 +501,39 @@ class SearchPruner(Pruner):
 
     def score(self, target: Target, units: torch.Tensor) -> torch.Tensor:
         return self._criterion(units)
+
+    def calculate_masks(self) -> Masks:
+        """The best candidate's masks; before any search, those of the uniform allocation
+        (every layer at the same ratio) fitted to the budget."""
+        if self._best is not None:
+            return self.space.masks(torch.tensor(self._best[0]))
+        return self.space.masks(self.space.fit([self.ratio] * len(self.space.variables)))
+
+    def _extra_state(self) -> dict[str, torch.Tensor]:
+        """The best candidate's pruned count per variable, under its first tensor's name."""
+        if self._best is None:
+            return {}
+        return {f"search/{slot.keys[0][0]}/{slot.keys[0][1]}": torch.tensor([c], dtype=torch.int64)
+                for slot, c in zip(self.space.slots, self._best[0])}
+
+    def _extra_state_kinds(self) -> tuple[str, ...]:
+        return ("search",)
+
+    def _load_extra_state(self, state) -> None:
+        if not state:
+            return
+        keys = [f"search/{slot.keys[0][0]}/{slot.keys[0][1]}" for slot in self.space.slots]
+        missing = [k for k in keys if k not in state]
+        extra = sorted(set(state) - set(keys))
+        if missing or extra:
+            raise ValueError(f"{type(self).__name__}.load_state_dict: the search counts do not fit this model's "
+                             f"variables (missing {missing[:3]}, unknown {extra[:3]}).")
+        counts = [int(state[k].reshape(-1)[0]) for k in keys]
+        for v, c in zip(self.space.variables, counts):
+            if not v.low <= c <= v.high:
+                raise ValueError(f"{type(self).__name__}.load_state_dict: {v.name}: {c} pruned units is outside "
+                                 f"[{v.low}, {v.high}].")
+        self._best = (counts, math.nan)
 
     # -- candidates -------------------------------------------------------------------
     def _base_model(self) -> nn.Module:
