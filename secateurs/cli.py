@@ -19,7 +19,7 @@ def _list(args: argparse.Namespace) -> int:
     for name in PRUNERS:
         cls = PRUNERS.get(name)
         summary = (cls.__doc__ or "").strip().splitlines()[0]
-        print(f"{name:10s} {cls.__name__:28s} {summary}")
+        print(f"{name:20s} {cls.__name__:28s} {summary}")
     return 0
 
 

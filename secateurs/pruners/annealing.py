@@ -108,8 +108,7 @@ class SimulatedAnnealingPruner(SearchPruner):
                  pruning_params: dict[str, Any] | None = None, target: str = "sparsity", seed: int | None = None,
                  *, dummy_input: Any = None, max_evaluations: int | None = None, time_limit: float | None = None,
                  executor: Executor | None = None, candidates_per_step: int = 1, score_scale: float | None = None,
-                 checkpoint_dir: str | os.PathLike | None = None, progress: bool | None = None,
-                 _dense: tuple[int, int] | None = None) -> None:
+                 checkpoint_dir: str | os.PathLike | None = None, progress: bool | None = None) -> None:
         owner = type(self).__name__
         for key, value in (("start_temperature", start_temperature), ("stop_temperature", stop_temperature),
                            ("perturbation_magnitude", perturbation_magnitude)):
@@ -132,7 +131,7 @@ class SimulatedAnnealingPruner(SearchPruner):
         super().__init__(model, config_list, evaluator, target=target, pruning_algorithm=pruning_algorithm,
                          dummy_input=dummy_input, seed=seed, max_evaluations=max_evaluations,
                          time_limit=time_limit, executor=executor, checkpoint_dir=checkpoint_dir,
-                         progress=progress, dense=_dense)
+                         progress=progress)
         self.start_temperature, self.stop_temperature = float(start_temperature), float(stop_temperature)
         self.cool_down_rate, self.perturbation_magnitude = float(cool_down_rate), float(perturbation_magnitude)
         self.candidates_per_step, self.score_scale = candidates_per_step, score_scale
