@@ -415,8 +415,6 @@ class AutoCompressPruner(Pruner):
 def _counts(space, pruner: Pruner) -> list[int]:
     """Pruned units per search variable in the masks attached to ``pruner``'s model."""
     from ..masks import get_masks
-    from .base import Pruner as _P
 
-    existing = get_masks(pruner.net)
-    slots = _P._slots(space.pruner, existing)
+    slots = space.pruner._slots(get_masks(pruner.net))
     return [int((s.scores == -float("inf")).sum()) for s in slots]

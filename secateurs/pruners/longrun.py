@@ -278,15 +278,7 @@ class Rounds:
                                  f"{latest}, which {str(self.folder)!r} no longer holds.")
         if latest < 0:
             return None
-        path = found[latest]
-        try:
-            tensors, meta = load_checkpoint(path, expect=self.fingerprint)
-        except CheckpointMismatch as err:
-            raise ValueError(f"{self.owner}: cannot resume from checkpoint_dir {str(self.folder)!r}: {err} "
-                             f"Use another checkpoint_dir, or empty this one to start afresh.") from None
-        except ValueError as err:
-            raise ValueError(f"{self.owner}: cannot resume from checkpoint_dir {str(self.folder)!r}: {err} "
-                             f"Delete that file to go on from the checkpoint before it.") from None
+        tensors, meta = read_checkpoint(self.owner, self.folder, found[latest], self.fingerprint)
         masks: Masks = {}
         model: dict[str, torch.Tensor] = {}
         train: dict[str, torch.Tensor] = {}
@@ -314,6 +306,20 @@ class Rounds:
         set_rng_state(tensors, meta["rng"])
         self.steps = int(meta["steps"])
         return int(meta["round"]), bool(meta["done"]), own, meta["pruner"]
+
+
+def read_checkpoint(owner: str, folder: Path, path: Path, fingerprint: Mapping[str, Any]
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Load a checkpoint of this run; another run's, or a damaged file, is a ValueError that
+    says what to do (use another folder / delete the file to go on from the one before)."""
+    try:
+        return load_checkpoint(path, expect=fingerprint)
+    except CheckpointMismatch as err:
+        raise ValueError(f"{owner}: cannot resume from checkpoint_dir {str(folder)!r}: {err} "
+                         f"Use another checkpoint_dir, or empty this one to start afresh.") from None
+    except ValueError as err:
+        raise ValueError(f"{owner}: cannot resume from checkpoint_dir {str(folder)!r}: {err} "
+                         f"Delete that file to go on from the checkpoint before it.") from None
 
 
 def state_tensors(prefix: str, values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

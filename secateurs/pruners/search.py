@@ -44,14 +44,14 @@ import torch.nn as nn
 
 from .._progress import Progress
 from ..analysis import count_flops_params
-from ..checkpoint import CheckpointMismatch, checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint
+from ..checkpoint import checkpoints, prune_checkpoints, save_checkpoint
 from ..criteria import fpgm, l1_norm, l2_norm, magnitude
 from ..evaluators.base import Evaluator
 from ..masks import MaskDict, Masks, attach_masks, detach_masks, get_masks
 from ..sparsity import Slot, to_units
 from ..targets import get_module
 from .base import Pruner, Target
-from .longrun import check_checkpoint_dir, model_fingerprint, realised
+from .longrun import check_checkpoint_dir, model_fingerprint, read_checkpoint, realised
 
 TARGETS = ("sparsity", "flops", "params")
 # pruning_algorithm -> (unit, criterion); "l1"/"l2" are NNI 2.10's names.
@@ -69,16 +69,15 @@ class Variable:
 
     Attributes:
         name: ``"module.target"`` of its members, joined by ``" + "``.
-        n: units per row; ``rows``: rows ranked separately (1 unless ``per_channel``).
+        n: its units (channel groups, channels or weights).
         low / high: bounds on the pruned count (already-masked units, ``min_sparse_ratio``;
             ``max_sparse_ratio``, and always ``n - 1``: a layer is never emptied).
         size: elements of its member tensors (bigger layers start sparser).
-        order: units lowest-scored first (``(n,)`` or ``(rows, n)``).
+        order: its units, lowest-scored first.
     """
 
     name: str
     n: int
-    rows: int
     low: int
     high: int
     size: int
@@ -114,51 +113,46 @@ class SearchSpace:
         self._comps: list[tuple[torch.Tensor, torch.Tensor] | None] = []  # (comps in order, offsets per k)
         for i, slot in enumerate(self.slots):
             scores = slot.scores.detach().cpu()
-            rows = scores.shape[0] if scores.dim() == 2 else 1
-            if rows > 1 or (i >= n_alone and pruner._plan.slots[i - n_alone].rows):
+            if scores.dim() == 2 or (i >= n_alone and pruner._plan.slots[i - n_alone].rows):
                 raise ValueError(f"{owner}: 'per_channel' granularity ({', '.join(k[0] for k in slot.keys)}) ranks "
                                  f"inside each row; the search sets one count per layer, so it is not searched.")
             n = scores.shape[-1]
-            order = torch.sort(scores, dim=-1, stable=True).indices
-            gone = int((scores == -math.inf).sum(-1).min()) if scores.numel() else 0
-            low = max(slot.min_count, gone)
+            order = torch.sort(scores, stable=True).indices
+            low = max(slot.min_count, int((scores == -math.inf).sum()))
             high = max(low, min(slot.max_count, n - 1))
+            zero = torch.zeros(1, dtype=torch.float64)
             if i < n_alone:
                 members = [by_key[slot.keys[0]]]
-                t = members[0]
-                per_unit = to_units(torch.ones(t.shape), t.blocks, pad=0.0).sum(1).reshape(rows, n)
-                elems = torch.gather(per_unit, 1, order.reshape(rows, n)).double().cumsum(1).sum(0)
-                self._elements.append(torch.cat([torch.zeros(1, dtype=torch.float64), elems]))
+                per_unit = to_units(torch.ones(members[0].shape), members[0].blocks, pad=0.0).sum(1).double()
+                self._elements.append(torch.cat([zero, per_unit[order].cumsum(0)]))
                 self._comps.append(None)
             else:
                 d = pruner._plan.slots[i - n_alone]
                 members = [pruner.targets[m] for m in d.members]
-                elems = torch.zeros(d.n if not d.rows else d.n, dtype=torch.float64)
-                comps_by_group: list[list[torch.Tensor]] = [[] for _ in range(d.n)]
+                elems = torch.zeros(n, dtype=torch.float64)  # per channel group, of members without a trace
+                groups, comps = [], []
                 for m, g, comp in zip(d.members, d.groups, d.comps):
-                    t = pruner.targets[m]
                     ok = g >= 0
                     if comp is None:
-                        unit_elems = to_units(torch.ones(t.shape), t.blocks, pad=0.0).sum(1).double()
-                        elems.index_add_(0, g[ok], unit_elems[ok])
+                        t = pruner.targets[m]
+                        elems.index_add_(0, g[ok], to_units(torch.ones(t.shape), t.blocks, pad=0.0).sum(1).double()[ok])
                     else:
-                        for grp, c in zip(g[ok].tolist(), comp[ok].tolist()):
-                            comps_by_group[grp].append(torch.tensor([c]))
-                flat_order = order.reshape(-1)
-                self._elements.append(torch.cat([torch.zeros(1, dtype=torch.float64),
-                                                 elems[flat_order].cumsum(0)]) if not d.rows else
-                                      torch.zeros(n + 1, dtype=torch.float64))
-                if any(c is not None for c in d.comps):
-                    seq = [torch.cat(comps_by_group[g]) if comps_by_group[g] else torch.zeros(0, dtype=torch.long)
-                           for g in flat_order.tolist()]
-                    offsets = torch.tensor([0] + [len(s) for s in seq]).cumsum(0)
-                    self._comps.append((torch.cat(seq) if seq else torch.zeros(0, dtype=torch.long), offsets))
+                        groups.append(g[ok])
+                        comps.append(comp[ok])
+                self._elements.append(torch.cat([zero, elems[order].cumsum(0)]))
+                if groups:
+                    # The graph components of the groups, in pruning order: group order[j]'s come j-th.
+                    rank = torch.empty(n, dtype=torch.long)
+                    rank[order] = torch.arange(n)
+                    by_rank = rank[torch.cat(groups)]
+                    sorted_rank, perm = torch.sort(by_rank, stable=True)
+                    offsets = torch.cat([torch.zeros(1, dtype=torch.long),
+                                         torch.bincount(sorted_rank, minlength=n).cumsum(0)])
+                    self._comps.append((torch.cat(comps)[perm], offsets))
                 else:
                     self._comps.append(None)
             name = " + ".join(f"{t.module_name}.{t.name}" for t in members)
-            self.variables.append(Variable(name, n, rows, low, high, sum(math.prod(t.shape) for t in members),
-                                           order))
-        self._n_alone = n_alone
+            self.variables.append(Variable(name, n, low, high, sum(math.prod(t.shape) for t in members), order))
         self.low = torch.tensor([v.low for v in self.variables])
         self.high = torch.tensor([v.high for v in self.variables])
         self.n = torch.tensor([v.n for v in self.variables])
@@ -205,16 +199,15 @@ class SearchSpace:
                     f"only whole channels; these selected tensors would not shrink it: {', '.join(alone[:5])}. "
                     f"Use a channel pruning_algorithm ('l1', 'l2', 'fpgm') and select layers whose output "
                     f"channels the trace can follow.")
-            params = dict(pruner.net.named_parameters())
-            self._params = sorted(k for k in graph.tensors if k in params or _plain_param(pruner.net, k))
+            params = _plain_params(pruner.net)
+            self._params = sorted(k for k in graph.tensors if k in params)
         self._ids_setup(graph)
         if self.target != "sparsity":
             flops, n_params, rows = count_flops_params(pruner.net, pruner.dummy_input)
             self.rows = rows
-            self._row_param = []
-            for r in rows:
-                fqn = f"{r['name']}.weight"
-                self._row_param.append(self._param_index.get(fqn, -1))
+            self._row_param = [self._param_index.get(f"{r['name']}.weight", -1) for r in rows]
+            # A row without a followed weight keeps its FLOPs: it reads the extra 1.0 after the fractions.
+            self._row_index = torch.tensor([p if p >= 0 else len(self._params) for p in self._row_param])
             self._row_flops = torch.tensor([float(r["flops"]) for r in rows], dtype=torch.float64)
             untouched = sum(p.numel() for k, p in _plain_params(pruner.net).items() if k not in self._param_index)
             self._untouched_params = float(untouched)
@@ -281,7 +274,7 @@ class SearchSpace:
             return self.selected - masked - graph_masked
         if self.target == "params":
             return self._untouched_params + float((self._numel * frac).sum())
-        row_frac = torch.tensor([float(frac[p]) if p >= 0 else 1.0 for p in self._row_param], dtype=torch.float64)
+        row_frac = torch.cat([frac, torch.ones(1, dtype=torch.float64)])[self._row_index]
         return float((self._row_flops * row_frac).sum())
 
     def _budget(self) -> float:
@@ -382,10 +375,7 @@ class SearchSpace:
         out = []
         for v, slot, k in zip(self.variables, self.slots, counts.tolist()):
             keep = torch.ones(slot.scores.shape, dtype=torch.bool)
-            if slot.scores.dim() == 2:
-                keep.scatter_(1, v.order[:, :k], False)
-            else:
-                keep[v.order[:k]] = False
+            keep[v.order[:k]] = False
             out.append(keep.to(slot.scores.device))
         return out
 
@@ -414,10 +404,6 @@ def _plain_params(net: nn.Module) -> dict[str, torch.Tensor]:
         if name is not None:
             params[name] = value
     return params
-
-
-def _plain_param(net: nn.Module, fqn: str) -> bool:
-    return fqn in _plain_params(net)
 
 
 # -- scoring ----------------------------------------------------------------------------
@@ -651,15 +637,7 @@ class SearchPruner(Pruner):
         if not found:
             return None
         step, path = found[-1]
-        owner = type(self).__name__
-        try:
-            tensors, meta = load_checkpoint(path, expect=fingerprint)
-        except CheckpointMismatch as err:
-            raise ValueError(f"{owner}: cannot resume from checkpoint_dir {str(self.checkpoint_dir)!r}: {err} Use "
-                             f"another checkpoint_dir, or empty this one to start afresh.") from None
-        except ValueError as err:
-            raise ValueError(f"{owner}: cannot resume from checkpoint_dir {str(self.checkpoint_dir)!r}: {err} Delete "
-                             f"that file to go on from the checkpoint before it.") from None
+        tensors, meta = read_checkpoint(type(self).__name__, self.checkpoint_dir, path, fingerprint)
         self.history = meta["history"]
         self._best = (list(meta["best"][0]), float(meta["best"][1])) if meta["best"] is not None else None
         self._evaluations = int(meta["evaluations"])
