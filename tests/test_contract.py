@@ -4,6 +4,7 @@ Constructor arguments are built from each pruner's declared ``needs``, so a prun
 registered without that metadata (or with a need this suite cannot provide) fails here.
 """
 
+import functools
 import inspect
 import json
 import math
@@ -49,7 +50,11 @@ PROVIDERS = {
     "evaluator": _evaluator,
     "training_steps": lambda model: 3,
     "iterations": lambda model: 2,
+    "warmup_step": lambda model: 1,
+    "cooldown_begin_step": lambda model: 3,
 }
+# How long the pruners that train in compress() (MovementPruner) train there.
+COMPRESS_STEPS = 4
 
 
 def _dummy():
@@ -75,7 +80,10 @@ def make(name, model, ratio=0.5, traced=False, configs=None, **extra):
         small = {"target": "sparsity", "max_evaluations": 3, "total_episode": 4, "total_iteration": 1,
                  "sa_params": {"max_evaluations": 3}}
         kwargs.update({k: v for k, v in small.items() if k in params})
-    return cls(model, configs, **kwargs)
+    pruner = cls(model, configs, **kwargs)
+    if "max_steps" in inspect.signature(cls.compress).parameters and not getattr(cls, "wraps", False):
+        pruner.compress = functools.partial(pruner.compress, max_steps=COMPRESS_STEPS)
+    return pruner
 
 
 def _pruned_units(t, mask):

@@ -14,6 +14,7 @@ from .iterative import AGPPruner, LinearPruner
 from .lottery import LotteryTicketPruner
 from .annealing import AutoCompressPruner, SimulatedAnnealingPruner
 from .amc import AMCPruner
+from .movement import MovementPruner
 from .search import SearchPruner, SearchSpace
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "LevelPruner",
     "LinearPruner",
     "LotteryTicketPruner",
+    "MovementPruner",
     "Pruner",
     "SearchPruner",
     "SearchSpace",
