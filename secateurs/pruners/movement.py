@@ -19,7 +19,7 @@ from torch.nn.utils import parametrize
 
 from .._registry import PRUNERS
 from ..evaluators.base import Evaluator
-from ..masks import MaskDict, Masks, _drop_parametrization, _grad_accumulators_kept, _mask_of, attach_masks, get_masks
+from ..masks import MaskDict, Masks, _drop_parametrization, _grad_accumulators_kept, attach_masks, get_masks
 from ..schedules import agp
 from ..sparsity import allocate, grid_shape, to_units
 from ..targets import get_module
@@ -214,6 +214,7 @@ class MovementPruner(Pruner):
         self.history: list[dict[str, Any]] = []
         self._prior: Masks = {}
         self._installed: dict[Key, MovementMask] = {}
+        self._check_optimizer = False
 
     # -- schedules --------------------------------------------------------------------
     def _ramp(self, step: int) -> float:
@@ -313,7 +314,7 @@ class MovementPruner(Pruner):
 
     def _after_step(self) -> None:
         self.step += 1
-        if self.step == 1:
+        if self.step == 1 and self._check_optimizer:
             self._check_trained()
         self._refresh()
 
@@ -324,8 +325,7 @@ class MovementPruner(Pruner):
         if graded and not moved:
             raise RuntimeError(
                 f"{type(self).__name__}: the optimizer step left every score at 0 although they have gradients: "
-                f"the optimizer does not train them. With a TorchEvaluator they are added to its first optimizer; "
-                f"with Lightning, configure_optimizers must optimise self.parameters() (the scores are parameters "
+                f"the optimizer does not train them. With Lightning, configure_optimizers must optimise self.parameters() (the scores are parameters "
                 f"of the model while it trains); with a Trainer, leave trainer.optimizer unset so it builds one.")
 
     def _hooks(self, evaluator: Evaluator) -> None:
@@ -404,6 +404,8 @@ class MovementPruner(Pruner):
                 _drop_parametrization(get_module(self.net, m), n, apply=False)
         if optimizer is not None:
             optimizer.add_param_group({"params": list(params.values())})
+        # An optimizer the framework builds must find the scores among the model's parameters.
+        self._check_optimizer = optimizer is None
         self.scores = dict(params)
         self.step, self.history, first, finished = 0, [], 1, False
         masks: Masks | None = None

@@ -1,0 +1,347 @@
+"""MovementPruner: the scores it learns, the masks it keeps, its ramps, and the model it leaves."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from secateurs import LevelPruner, MovementPruner, TorchEvaluator, get_masks, load_masks, save_masks
+from secateurs.checkpoint import checkpoints
+from secateurs.sparsity import to_units
+
+X = torch.randn(5, 6, generator=torch.Generator().manual_seed(1))
+C = torch.randn(5, 4, generator=torch.Generator().manual_seed(2))
+# d loss / d W' of the fixed loss sum(model(X) * C), whatever the weights: W' = W * mask is the weight computed with.
+G = C.T @ X
+
+
+def _linear(bias=False):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 4, bias=bias))
+
+
+def _fixed_loss(batch, model):
+    return (model(X) * C).sum()
+
+
+def _loop(model, optimizers, training_step, lr_schedulers, max_steps, max_epochs):
+    for _ in range(100):
+        optimizers.zero_grad()
+        training_step(None, model).backward()
+        optimizers.step()
+
+
+def _evaluator(model, lr, loop=_loop, step=_fixed_loss, **kwargs):
+    return TorchEvaluator(loop, torch.optim.SGD(model.parameters(), lr=lr, **kwargs), step)
+
+
+def _keep_top(scores, ratio):
+    """Keep-mask of the highest scores with floor(n * ratio) of them pruned (no ties in these tests)."""
+    flat = scores.reshape(-1)
+    k = math.floor(flat.numel() * ratio)
+    keep = torch.ones_like(flat, dtype=torch.bool)
+    keep[flat.argsort()[:k]] = False
+    return keep.reshape(scores.shape)
+
+
+def _cubic(step, w, c, final):
+    if step <= w:
+        return 0.0
+    return final * (1 - (1 - (min(step, c) - w) / (c - w)) ** 3)
+
+
+def test_frozen_weights_scores_are_minus_lr_times_the_summed_grad_times_weight():
+    model = _linear()
+    model[0].weight.requires_grad_(False)
+    w0 = model[0].weight.detach().clone()
+    lr, steps = 0.1, 6
+    pruner = MovementPruner(model, [{"op_types": ["Linear"], "sparse_ratio": 0.5}], _evaluator(model, lr),
+                            warmup_step=2, cooldown_begin_step=4)
+    _, masks = pruner.compress(max_steps=steps)
+    expected = -lr * steps * G * w0
+    # Every score moved by the straight-through gradient, the masked weights' too.
+    torch.testing.assert_close(pruner.scores[("0", "weight")], expected, rtol=1e-5, atol=1e-6)
+    assert torch.equal(masks["0"]["weight"], _keep_top(expected, 0.5))
+    assert int((~masks["0"]["weight"]).sum()) == 12
+
+
+def test_trained_weights_scores_sum_grad_times_the_weight_of_each_step():
+    model = _linear()
+    w = model[0].weight.detach().clone()
+    lr, warmup, cooldown, steps, ratio = 0.05, 1, 4, 6, 0.75
+    pruner = MovementPruner(model, [{"op_types": ["Linear"], "sparse_ratio": ratio}], _evaluator(model, lr),
+                            warmup_step=warmup, cooldown_begin_step=cooldown)
+    _, masks = pruner.compress(max_steps=steps)
+    # The same run by hand: the weight's gradient is G masked, the score's is G times the stored weight.
+    s = torch.zeros_like(w)
+    for t in range(steps):
+        keep = _keep_top(s, _cubic(t, warmup, cooldown, ratio))
+        s, w = s - lr * G * w, w - lr * G * keep
+    torch.testing.assert_close(pruner.scores[("0", "weight")], s, rtol=1e-5, atol=1e-6)
+    final = _keep_top(s, ratio)
+    assert torch.equal(masks["0"]["weight"], final)
+    torch.testing.assert_close(model[0].weight, w * final, rtol=1e-5, atol=1e-6)
+
+
+def test_blocks_share_one_score_summed_over_the_block():
+    model = _linear()
+    model[0].weight.requires_grad_(False)
+    w0 = model[0].weight.detach().clone()
+    lr, steps = 0.1, 3
+    config = [{"op_types": ["Linear"], "sparse_ratio": 0.5, "granularity": [2, 4]}]  # 2 x 2 blocks, one partial
+    pruner = MovementPruner(model, config, _evaluator(model, lr), warmup_step=1, cooldown_begin_step=2)
+    _, masks = pruner.compress(max_steps=steps)
+    expected = (-lr * steps * to_units(G * w0, (2, 4), pad=0.0).sum(1)).reshape(2, 2)
+    torch.testing.assert_close(pruner.scores[("0", "weight")], expected, rtol=1e-5, atol=1e-6)
+    keep = _keep_top(expected, 0.5)
+    assert torch.equal(masks["0"]["weight"], keep.repeat_interleave(2, 0).repeat_interleave(4, 1)[:, :6])
+
+
+def test_hard_mode_ramps_cubically_and_ends_at_the_exact_count():
+    model = _linear()
+    config = [{"op_types": ["Linear"], "sparse_ratio": 0.8}]
+    pruner = MovementPruner(model, config, _evaluator(model, 0.01), warmup_step=2, cooldown_begin_step=6,
+                            checkpoint_steps=1)
+    assert [round(pruner.sparse_ratio_at(t)[0], 6) for t in (0, 2, 3, 4, 6, 9)] == \
+        [0.0, 0.0, round(0.8 * (1 - 0.75 ** 3), 6), 0.7, 0.8, 0.8]
+    _, masks = pruner.compress(max_steps=8)
+    # One chunk per step: the history has the pruned count after every optimizer step.
+    counts = [round(h["sparsity"]["0.weight"] * 24) for h in pruner.history]
+    assert counts == [math.floor(24 * _cubic(t, 2, 6, 0.8)) for t in range(1, 9)]
+    assert counts[-1] == int((~masks["0"]["weight"]).sum()) == math.floor(24 * 0.8)
+
+
+def test_soft_mode_keeps_sigmoid_above_the_threshold_and_adds_the_ramped_regulariser():
+    model = _linear()
+    model[0].weight.requires_grad_(False)  # the scores of weights the loss would shrink then go down
+    seen = []
+
+    def loop(model, optimizers, training_step, lr_schedulers, max_steps, max_epochs):
+        for _ in range(100):
+            optimizers.zero_grad()
+            loss = training_step(None, model)
+            score = pruner.scores[("0", "weight")]
+            seen.append((pruner.step, float((loss - _fixed_loss(None, model)).detach()),
+                         float(torch.sigmoid(score.detach()).mean())))
+            loss.backward()
+            optimizers.step()
+
+    config = [{"op_types": ["Linear"], "sparse_threshold": 0.45}]
+    pruner = MovementPruner(model, config, _evaluator(model, 0.05, loop=loop), warmup_step=2, cooldown_begin_step=6,
+                            regular_scale=2.0)
+    assert [pruner.regular_scale_at(t) for t in (0, 2, 4, 6, 9)] == [0.0, 0.0, 2.0 * (1 - 0.5 ** 3), 2.0, 2.0]
+    _, masks = pruner.compress(max_steps=8)
+    assert [s for s, _, _ in seen] == list(range(8))
+    for step, added, mean_sigmoid in seen:
+        assert added == pytest.approx(pruner.regular_scale_at(step) * mean_sigmoid, rel=1e-4, abs=1e-6)
+    scores = pruner.scores[("0", "weight")]
+    assert torch.equal(masks["0"]["weight"], torch.sigmoid(scores) > 0.45)
+    assert 0 < int((~masks["0"]["weight"]).sum()) < 24  # the fixed loss and the regulariser moved some scores down
+    assert float(pruner.regulariser()) == pytest.approx(float(torch.sigmoid(scores).mean()))
+
+
+def test_the_model_ends_with_plain_masks_and_no_scores(tmp_path, cnn, batch):
+    params = {id(p) for p in cnn.parameters()}
+    keys = set(cnn.state_dict())
+    ev = _cnn_evaluator(cnn)
+    groups = len(ev.optimizers.param_groups)
+    config = [{"op_types": ["Conv2d", "Linear"], "exclude_op_names": ["fc2"], "sparse_ratio": 0.6}]
+    pruner = MovementPruner(cnn, config, ev, warmup_step=1, cooldown_begin_step=3)
+    model, masks = pruner.compress(max_steps=4)
+    assert model is cnn and {id(p) for p in cnn.parameters()} == params
+    assert len(ev.optimizers.param_groups) == groups and {id(p) for p in ev.optimizers.state} <= params
+    assert not [k for k in cnn.state_dict() if "score" in k]
+    assert {k.replace(".parametrizations.weight.original", ".weight") for k in cnn.state_dict()
+            if not k.endswith(".mask")} == keys
+    assert get_masks(cnn).keys() == masks.keys() == {"conv1", "conv2", "fc1"}
+    for t in pruner.targets:
+        assert int((~masks[t.module_name]["weight"]).sum()) == math.floor(math.prod(t.shape) * 0.6)
+    save_masks(masks, tmp_path / "masks.safetensors")
+    assert all(torch.equal(load_masks(tmp_path / "masks.safetensors")[m]["weight"], e["weight"])
+               for m, e in masks.items())
+    cnn.eval()
+    out = cnn(batch)
+    pruner.unwrap_model()
+    assert torch.allclose(cnn(batch), out, atol=1e-6) and get_masks(cnn) == {}
+
+
+def test_units_masked_before_stay_masked(cnn):
+    LevelPruner(cnn, [{"op_names": ["fc1"], "sparse_ratio": 0.5}]).compress()
+    before = get_masks(cnn)["fc1"]["weight"].clone()
+    pruner = MovementPruner(cnn, [{"op_names": ["fc1"], "sparse_ratio": 0.7}], _cnn_evaluator(cnn),
+                            warmup_step=0, cooldown_begin_step=2)
+    _, masks = pruner.compress(max_steps=3)
+    assert not (masks["fc1"]["weight"] & ~before).any()
+    assert int((~masks["fc1"]["weight"]).sum()) == math.floor(64 * 32 * 0.7)
+
+
+def _cnn_evaluator(model, calls=None, fail_at=None):
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.randn(4, 3, 8, 8, generator=g), torch.randint(0, 10, (4,), generator=g)) for _ in range(4)]
+    count = [0]
+
+    def loop(model, optimizers, training_step, lr_schedulers, max_steps, max_epochs):
+        if calls is not None:
+            calls.append(max_steps)
+        for _ in range(25):
+            for i in torch.randperm(4).tolist():  # the torch RNG decides the order
+                optimizers.zero_grad()
+                training_step(data[i], model).backward()
+                count[0] += 1
+                if count[0] == fail_at:
+                    raise KeyboardInterrupt  # stands for a kill: the process is gone, a fresh one resumes
+                optimizers.step()
+
+    return TorchEvaluator(loop, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9),
+                          lambda b, m: F.cross_entropy(m(b[0]), b[1]))
+
+
+def _resumable(folder, fail_at=None, calls=None):
+    from tests.conftest import SmallCNN
+
+    torch.manual_seed(0)
+    model = SmallCNN()
+    ev = _cnn_evaluator(model, calls, fail_at)
+    config = [{"op_types": ["Conv2d", "Linear"], "exclude_op_names": ["fc2"], "sparse_ratio": 0.5}]
+    return model, ev, MovementPruner(model, config, ev, warmup_step=1, cooldown_begin_step=5,
+                                     checkpoint_dir=folder, checkpoint_steps=2)
+
+
+def test_a_run_cut_short_resumes_to_the_same_result(tmp_path):
+    whole_model, whole_ev, whole = _resumable(tmp_path / "whole")
+    whole.compress(max_steps=7)
+    _, _, cut = _resumable(tmp_path / "cut", fail_at=6)
+    with pytest.raises(KeyboardInterrupt):
+        cut.compress(max_steps=7)
+    assert [r for r, _ in checkpoints(tmp_path / "cut")] == [1, 2]
+    calls = []
+    model, ev, resumed = _resumable(tmp_path / "cut", calls=calls)
+    resumed.compress(max_steps=7)
+    assert calls == [2, 1]  # chunks 3 (steps 5-6) and 4 (step 7) only
+    plain_model, _, plain = _resumable(None)
+    plain.compress(max_steps=7)  # checkpointing changes nothing
+    for other_model, other in ((model, resumed), (plain_model, plain)):
+        assert other.history == whole.history
+        for key, score in whole.scores.items():
+            assert torch.equal(other.scores[key], score), key
+        for (name, a), (_, b) in zip(whole_model.state_dict().items(), other_model.state_dict().items()):
+            assert torch.equal(a, b), name
+    assert ev.optimizers.state_dict()["state"].keys() == whole_ev.optimizers.state_dict()["state"].keys()
+    # A finished run is restored without training again.
+    calls = []
+    _, _, again = _resumable(tmp_path / "whole", calls=calls)
+    _, masks = again.compress(max_steps=7)
+    assert calls == [] and all(torch.equal(masks[m]["weight"], whole.masks[m]["weight"]) for m in whole.masks)
+
+
+@pytest.mark.parametrize(("kwargs", "words"), [
+    ({"warmup_step": -1}, r"The 'warmup_step' parameter of MovementPruner must be an int >= 0; got -1"),
+    ({"cooldown_begin_step": 2}, r"The 'cooldown_begin_step' parameter of MovementPruner must be an int > "
+                                 r"warmup_step \(2\); got 2"),
+    ({"regular_scale": -1.0}, r"The 'regular_scale' parameter of MovementPruner must be a number >= 0; got -1.0"),
+    ({"checkpoint_steps": 0}, r"The 'checkpoint_steps' parameter of MovementPruner must be a positive int"),
+])
+def test_bad_arguments_are_refused_with_one_message_format(kwargs, words):
+    model = _linear()
+    args = {"warmup_step": 2, "cooldown_begin_step": 4, **kwargs}
+    with pytest.raises(ValueError, match=words):
+        MovementPruner(model, [{"op_types": ["Linear"], "sparse_ratio": 0.5}], _evaluator(model, 0.1), **args)
+
+
+def test_bad_configs_and_budgets_are_refused():
+    model = _linear()
+    ev = _evaluator(model, 0.1)
+    with pytest.raises(ValueError, match=r"give 'sparse_ratio' or 'sparse_threshold', not both"):
+        MovementPruner(model, [{"op_types": ["Linear"], "sparse_ratio": 0.5, "sparse_threshold": 0.1}], ev, 1, 2)
+    with pytest.raises(ValueError, match=r"needs 'sparse_ratio'"):
+        MovementPruner(model, [{"op_types": ["Linear"]}], ev, 1, 2)
+    with pytest.raises(ValueError, match=r"config_list\[0\]: MovementPruner cannot prune whole attention heads"):
+        MovementPruner(model, [{"op_types": ["Linear"], "sparse_ratio": 0.5, "granularity": "head"}], ev, 1, 2)
+    with pytest.raises(TypeError, match=r"'evaluator' must be a secateurs Evaluator"):
+        MovementPruner(model, [{"op_types": ["Linear"], "sparse_ratio": 0.5}], None, 1, 2)
+    pruner = MovementPruner(model, [{"op_types": ["Linear"], "sparse_ratio": 0.5}], ev, 1, 4)
+    with pytest.raises(ValueError, match=r"MovementPruner.compress: give 'max_steps' or 'max_epochs'"):
+        pruner.compress()
+    with pytest.raises(ValueError, match=r"'max_steps' parameter of MovementPruner.compress must be an int >= "
+                                         r"cooldown_begin_step \(4\), so that the ramp ends, or None; got 3"):
+        pruner.compress(max_steps=3)
+    assert get_masks(model) == {} and len(ev.optimizers.param_groups) == 1
+
+
+def test_a_loop_that_stops_early_is_an_error_and_leaves_the_model_as_it_was():
+    model = _linear()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def short(model, optimizers, training_step, lr_schedulers, max_steps, max_epochs):
+        optimizers.zero_grad()
+        training_step(None, model).backward()
+        optimizers.step()
+
+    ev = _evaluator(model, 0.0, loop=short)
+    pruner = MovementPruner(model, [{"op_types": ["Linear"], "sparse_ratio": 0.5}], ev, 1, 2)
+    with pytest.raises(RuntimeError, match=r"ran 1 of the 3 optimizer steps"):
+        pruner.compress(max_steps=3)
+    assert get_masks(model) == {} and len(ev.optimizers.param_groups) == 1
+    assert model.state_dict().keys() == before.keys()
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+# -- Hugging Face Trainer ----------------------------------------------------------------
+
+
+def _bert_trainer(tmp_path, optimizer=False):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=64, num_labels=2)
+    model = transformers.BertForSequenceClassification(config)
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(1, 100, (16, 8), generator=g)
+    data = [{"input_ids": ids[i], "attention_mask": torch.ones(8, dtype=torch.long),
+             "labels": (ids[i, 0] >= 50).long()} for i in range(16)]
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, disable_tqdm=True,
+                                          logging_strategy="no", save_strategy="no", per_device_train_batch_size=4,
+                                          optim="sgd", learning_rate=0.5, max_grad_norm=0.0, seed=0)
+    optimizers = (torch.optim.SGD(model.parameters(), lr=0.1), None) if optimizer else (None, None)
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=data, optimizers=optimizers)
+    trainer.remove_callback(transformers.PrinterCallback)
+    return trainer
+
+
+BERT_CONFIG = [{"op_types": ["Linear"], "op_names_re": [r"bert\.encoder\."], "sparse_ratio": 0.5}]
+
+
+def test_a_tiny_bert_through_the_hugging_face_trainer(tmp_path):
+    from secateurs import TransformersEvaluator
+
+    trainer = _bert_trainer(tmp_path)
+    model = trainer.model
+    params = {id(p) for p in model.parameters()}
+    pruner = MovementPruner(model, BERT_CONFIG, TransformersEvaluator(trainer), warmup_step=1, cooldown_begin_step=3)
+    _, masks = pruner.compress(max_steps=4)
+    assert pruner.step == 4 and len(pruner.targets) == 12  # q, k, v, attention out, intermediate, out per layer
+    for t in pruner.targets:
+        assert bool((pruner.scores[(t.module_name, t.name)] != 0).any()), t.module_name  # the trainer trained them
+        assert int((~masks[t.module_name]["weight"]).sum()) == math.prod(t.shape) // 2
+    assert {id(p) for p in model.parameters()} == params and trainer.optimizer is None
+    model.eval()
+    with torch.no_grad():
+        out = model(input_ids=torch.ones(1, 8, dtype=torch.long)).logits
+    assert out.shape == (1, 2) and torch.isfinite(out).all()
+
+
+def test_an_optimizer_that_does_not_train_the_scores_is_an_error(tmp_path):
+    from secateurs import TransformersEvaluator
+
+    trainer = _bert_trainer(tmp_path, optimizer=True)  # built over the model's parameters before the scores exist
+    pruner = MovementPruner(trainer.model, BERT_CONFIG, TransformersEvaluator(trainer), 1, 3)
+    with pytest.raises(RuntimeError, match=r"the optimizer does not train them"):
+        pruner.compress(max_steps=3)
+    assert get_masks(trainer.model) == {}
