@@ -175,12 +175,16 @@ def rule_reduce(tr: Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> N
         return
     keep = bool(kwargs.get("keepdim", args[2] if len(args) > 2 and isinstance(args[2], bool) else False))
     new: Ann = {}
+    result = out.values if hasattr(out, "values") and isinstance(out, tuple) else out
     for d, ids in ann.items():
         if d in dims:
-            tr.fix(ids, f"'{name}' reduces over channels")
+            why = f"'{name}' reduces over channels"
+            if result is out:
+                tr.fix_when_read(result, ids, why)
+            else:
+                tr.fix(ids, why)
             continue
         new[d if keep else d - sum(1 for r in dims if r < d)] = ids
-    result = out.values if hasattr(out, "values") and isinstance(out, tuple) else out
     tr.set(result, new)
 
 
@@ -245,10 +249,18 @@ def _reshape_groups(old: Sequence[int], new: Sequence[int]) -> list[tuple[list[i
     return groups
 
 
-def reshape_ann(tr: Tracer, name: str, x: torch.Tensor, out: torch.Tensor, ann: Ann) -> None:
+def reshape_ann(tr: Tracer, name: str, x: torch.Tensor, out: torch.Tensor, ann: Ann,
+                requested: Sequence[int] | None = None) -> None:
     """Carry variables through a reshape: a channel dim merged with the dims after it
-    (flatten into a Linear) gives each channel a block of positions; a channel dim that
-    is split (heads, channel shuffle) or merged with a bigger one is fixed."""
+    (flatten into a Linear, heads merged back) gives each channel a block of positions; a
+    channel dim split into ``(H, D)`` or ``(O, H, D)`` gives its ``H`` dim one variable per
+    head, coupled with the head's channels (:meth:`Tracer.split_heads`), and leaves ``D``
+    and ``O`` untracked (they never change); any other split or merge is fixed.
+
+    Args:
+        requested: the sizes the op was given (``-1`` included), when known: a head count
+            given as a number must be an attribute the speedup can change.
+    """
     if not ann:
         return
     old, new = list(x.shape), list(out.shape)
@@ -272,6 +284,12 @@ def reshape_ann(tr: Tracer, name: str, x: torch.Tensor, out: torch.Tensor, ann: 
             expanded = ann[d].reshape([old[k] if k == d else 1 for k in gi]).expand(shape).reshape(size)
             result[big_new[0]] = expanded
             continue
+        if len(tracked) == 1 and len(gi) == 1 and len(big_new) in (2, 3):
+            h_dim, d_dim = big_new[-2], big_new[-1]
+            literal = requested is None or len(requested) != len(new) or requested[h_dim] != -1
+            outer = new[big_new[0]] if len(big_new) == 3 else 1
+            result[h_dim] = tr.split_heads(name, ann[tracked[0]], outer, new[h_dim], new[d_dim], literal)
+            continue
         for d in tracked:
             tr.fix(ann[d], f"'{name}' splits or merges channel dims (sizes may be hard-coded)")
     tr.set(out, result)
@@ -283,7 +301,22 @@ def rule_reshape(tr: Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> 
     if not isinstance(out, torch.Tensor):
         tr.unknown_op(name, [x])
         return
-    reshape_ann(tr, name, x, out, tr.get(x) or {})
+    reshape_ann(tr, name, x, out, tr.get(x) or {}, _requested_shape(name, args, kwargs, x.dim()))
+
+
+def _requested_shape(name: str, args: tuple, kwargs: dict, ndim: int) -> list[int] | None:
+    """The new shape as the op was asked for it (``-1`` kept), or None when not given as numbers."""
+    if name in ("view", "reshape"):
+        sizes = args[1] if len(args) == 2 and not isinstance(args[1], int) else args[1:]
+        sizes = kwargs.get("shape", kwargs.get("size", sizes))
+    elif name == "unflatten":
+        dim, inner = norm_dim(int(_arg(args, kwargs, 1, "dim")), ndim), _arg(args, kwargs, 2, "sizes")
+        sizes = [-2] * dim + list(inner) + [-2] * (ndim - dim - 1)  # -2: a dim the op keeps
+    else:
+        return None
+    if isinstance(sizes, torch.dtype) or not all(isinstance(v, int) for v in sizes):
+        return None
+    return [int(v) for v in sizes]
 
 
 @op_rule("unsqueeze", "squeeze", "unsqueeze", "squeeze_", "unsqueeze_")
@@ -316,8 +349,11 @@ def rule_permute(tr: Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> 
     tr.set(out, {new: ann[old] for new, old in enumerate(order) if old in ann})
 
 
-@op_rule("expand", "expand", "expand_as", "broadcast_to")
+@op_rule("expand", "expand", "expand_as", "broadcast_to", "repeat_interleave")
 def rule_expand(tr: Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None:
+    if name == "repeat_interleave":
+        _repeat_interleave(tr, name, args, kwargs, out)
+        return
     x = args[0]
     shift = out.dim() - x.dim()
     result = {}
@@ -385,9 +421,33 @@ def rule_split(tr: Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> No
     dim = norm_dim(_arg(args, kwargs, 2, "dim", 0), x.dim())
     ann = tr.get(x) or {}
     why = f"'{name}' splits channels at sizes the model holds (they would not follow pruning)"
+    size = _arg(args, kwargs, 1, "split_size_or_sections", kwargs.get("split_size"))
+    ids = ann.get(dim)
+    if name == "split" and type(size) is int and ids is not None and {o.shape[dim] for o in outs} == {size}:
+        # Equal parts of a size the module may hold as an attribute (GPT-2's split_size): the
+        # tracer keeps them when it does, and the speedup changes it (Tracer._check_splits).
+        parts = [ids[k * size:(k + 1) * size] for k in range(len(outs))]
+        tr.splits.append((tr.current, size, parts, ids, why))
+        for o, part in zip(outs, parts):
+            tr.set(o, {**ann, dim: part})
+        return
     rest = _fix_dim(tr, ann, dim, why)
     for o in outs:
         tr.set(o, {**rest, **({dim: tr.fixed_fresh(o.shape[dim], why)} if dim in ann else {})})
+
+
+def _repeat_interleave(tr: Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None:
+    """``repeat_interleave(x, r, dim)`` with a number ``r``: each position of ``dim`` is
+    repeated ``r`` times, its variable with it (grouped-query attention's k/v heads)."""
+    x, reps, dim = args[0], _arg(args, kwargs, 1, "repeats"), _arg(args, kwargs, 2, "dim")
+    if not isinstance(x, torch.Tensor) or type(reps) is not int or dim is None:
+        tr.unknown_op(f"{name} (repeats that are not one number, or no dim)", [x])
+        return
+    dim = norm_dim(int(dim), x.dim())
+    ann = dict(tr.get(x) or {})
+    if dim in ann:
+        ann[dim] = ann[dim].repeat_interleave(reps)
+    tr.set(out, ann)
 
 
 @op_rule("chunk", "chunk")
@@ -495,6 +555,7 @@ def rule_matmul(tr: Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> N
     tr.set(batch_a, {d: i for d, i in aa.items() if d < a.dim() - 2})
     tr.set(batch_b, {d: i for d, i in ab.items() if d < b.dim() - 2})
     result = broadcast_join(tr, [batch_a, batch_b], list(out.shape[:-2]) + [1, 1], why)
+    tr.attention_ids.extend(result.values())  # batch dims of a product: heads, each on its own
     if a.dim() - 2 in aa:
         result[nd - 2] = aa[a.dim() - 2]
     if b.dim() - 1 in ab:
@@ -577,24 +638,54 @@ def rule_group_norm(tr: Tracer, name: str, args: tuple, kwargs: dict, out: Any) 
 
 @op_rule("sdpa", "scaled_dot_product_attention")
 def rule_sdpa(tr: Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None:
-    q, k, v = args[0], args[1], args[2]
+    """``softmax(q @ k^T * scale + mask) @ v`` over the last two dims, head by head over the
+    dims before them: those are joined between q, k, v and the mask like a matmul's batch
+    dims (a mask of size 1 there broadcasts). With ``enable_gqa`` each k/v head serves a
+    run of consecutive q heads. The sequence dims must not carry channels."""
+    q, k, v = (_arg(args, kwargs, i, key) for i, key in enumerate(("query", "key", "value")))
+    mask = _arg(args, kwargs, 3, "attn_mask")
     aq, ak, av = tr.get(q) or {}, tr.get(k) or {}, tr.get(v) or {}
     last = q.dim() - 1
     if last in aq and last in ak:
         tr.couple(aq[last], ak[last])
-    for ann in (aq, ak, av):
-        for d, ids in ann.items():
-            if d != last:
-                tr.fix(ids, "attention over a channel-carrying dim")
+    for ann, t in ((aq, q), (ak, k), (av, v)):
+        if t.dim() - 2 in ann:
+            tr.fix(ann[t.dim() - 2], "attention over a channel-carrying sequence dim")
     for ann, other in ((aq, ak), (ak, aq)):
         if last in ann and last not in other:
             tr.fix(ann[last], "attention with a key or query that carries no variables")
-    mask = _arg(args, kwargs, 3, "attn_mask")
-    tr.fix_ann(tr.get(mask), "attention mask")
+    if isinstance(mask, torch.Tensor):
+        am = tr.get(mask) or {}
+        for d in (mask.dim() - 1, mask.dim() - 2):
+            if d in am:
+                tr.fix(am[d], "attention mask over channel-carrying dims")
     if "scale" not in kwargs and last in aq:
         # The default scale is 1 / sqrt(head dim): it would change with the pruned width.
         tr.fix(aq[last], "'scaled_dot_product_attention' scales by the width of q")
-    tr.set(out, {last: av[last]} if last in av else {})
+    nd = out.dim()
+    batch = list(out.shape[:-2]) + [1, 1]
+    proxies = []
+    for t, ann in ((q, aq), (k, ak), (v, av), (mask, None)):
+        if not isinstance(t, torch.Tensor):
+            continue
+        ann = tr.get(t) or {} if ann is None else ann
+        shape = list(t.shape[:-2])
+        kv_heads = t is not q and t is not mask and len(shape) and shape[-1] != q.shape[-3]
+        ids = {d: i for d, i in ann.items() if d < t.dim() - 2}
+        if kv_heads and kwargs.get("enable_gqa") and q.shape[-3] % shape[-1] == 0:
+            rep = q.shape[-3] // shape[-1]
+            shape[-1] = q.shape[-3]  # each k/v head, repeated for the q heads it serves
+            if t.dim() - 3 in ids:
+                ids[t.dim() - 3] = ids[t.dim() - 3].repeat_interleave(rep)
+        proxy = torch.empty(shape + [1, 1], device="meta")
+        tr.set(proxy, ids)
+        proxies.append(proxy)
+    result = broadcast_join(tr, proxies, batch, "attention with an operand or mask that carries no channel "
+                                                "variables on a head dim")
+    tr.attention_ids.extend(result.values())
+    if last in av:
+        result[nd - 1] = av[last]
+    tr.set(out, result)
 
 
 # -- other ------------------------------------------------------------------------------

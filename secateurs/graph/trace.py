@@ -79,6 +79,44 @@ class ModuleUse:
 
 
 @dataclass
+class HeadSplit:
+    """A channel dim split into attention heads: ``(..., H * D) -> (..., H, D)`` (or
+    ``(..., O, H, D)``, a packed q/k/v projection) inside ``module``'s forward.
+
+    Head ``h`` is one variable (``ids[h]``) coupled with the ``D`` channels it is made of, so
+    it is pruned whole and ``D`` never changes. After pruning, the module's integer
+    attributes equal to ``H`` and ``H * D`` (``num_heads``, ``all_head_size``) become the
+    kept counts (:mod:`secateurs.speedup.apply`).
+
+    Attributes:
+        module: the innermost module (not a layer family) whose forward did the split.
+        heads / head_dim: ``H`` and ``D``.
+        ids: one variable per head.
+        literal: the head count was passed to the reshape as a number (not ``-1``), which the
+            module must hold as an attribute for the speedup to change it.
+        op: the reshape op, for messages.
+    """
+
+    module: str
+    heads: int
+    head_dim: int
+    ids: Ids
+    literal: bool
+    op: str
+
+
+@dataclass
+class SizeSite:
+    """An integer of ``module`` that must follow pruning: ``value`` becomes ``per`` times
+    the number of kept variables among ``ids`` (a ``split`` size, a head count)."""
+
+    module: str
+    value: int
+    ids: Ids
+    per: int = 1
+
+
+@dataclass
 class ChannelGraph:
     """Channel variables of a traced model and how they are coupled.
 
@@ -100,6 +138,10 @@ class ChannelGraph:
         output_ids: output leaf path (as :func:`output_leaves` names it) -> {dim: ids}.
         example: the example input's structure and shapes (:func:`example_signature`).
         free_outputs: the ``free_outputs`` the trace was made with.
+        heads: every split of channels into attention heads (:class:`HeadSplit`) whose
+            heads may be pruned.
+        sizes: integers of modules that follow pruning (:class:`SizeSite`), heads included.
+        int_reads: module name -> the integer attributes its forward read.
     """
 
     n_vars: int
@@ -116,6 +158,9 @@ class ChannelGraph:
     output_ids: dict[str, dict[int, Ids]] = field(default_factory=dict)
     example: Any = None
     free_outputs: tuple[str, ...] = ()
+    heads: list[HeadSplit] = field(default_factory=list)
+    sizes: list[SizeSite] = field(default_factory=list)
+    int_reads: dict[str, set[str]] = field(default_factory=dict)
 
     def prunable(self, ids: Ids) -> torch.Tensor:
         """Bool per position: may this position's channel be pruned?"""
@@ -182,6 +227,12 @@ class Tracer:
         self.param_names = {id(t): plain_name(n) for n, t in named if not _MASK_BUFFER.search(n)}
         self.module_names = {id(m): n for n, m in model.named_modules(remove_duplicate=False)}
         self.keep_alive: list[Any] = []
+        self.stack: list[str] = []  # the modules (not layer families) whose forward is running
+        self.reads: dict[int, set[str]] = {}  # id of a module -> integer attributes read from it
+        self.heads: list[HeadSplit] = []
+        self.attention_ids: list[Ids] = []  # variables of dims an attention product treats as heads
+        self.splits: list[tuple[str, int, list[Ids], Ids, str]] = []  # module, size, parts, all ids, why
+        self.pending: dict[int, tuple[torch.Tensor, list[tuple[Ids, str]]]] = {}  # fixed once the tensor is read
 
     # -- variables -----------------------------------------------------------------------
     def fresh(self, n: int) -> Ids:
@@ -206,6 +257,29 @@ class Tracer:
     def fix_ann(self, ann: Ann | None, why: str) -> None:
         for ids in (ann or {}).values():
             self.fix(ids, why)
+
+    def fix_when_read(self, t: Any, ids: Ids, why: str) -> None:
+        """Fix ``ids`` as soon as ``t`` is read by an op, a layer or the model's output: a
+        value nobody reads (attention weights averaged over heads and thrown away) cannot
+        make pruning inexact."""
+        if not isinstance(t, torch.Tensor):
+            self.fix(ids, why)
+            return
+        self.pending.setdefault(id(t), (t, []))[1].append((ids, why))
+        self.keep_alive.append(t)
+
+    @property
+    def current(self) -> str:
+        """The innermost running module that is not a layer family ("" for the model)."""
+        return self.stack[-1] if self.stack else ""
+
+    def split_heads(self, name: str, ids: Ids, outer: int, heads: int, head_dim: int, literal: bool) -> Ids:
+        """Head variables for channels ``ids`` split into ``(outer, heads, head_dim)``; each
+        head's variable is coupled with its ``outer * head_dim`` channels."""
+        hv = self.fresh(heads)
+        self.couple(hv.reshape(1, heads, 1).expand(outer, heads, head_dim).reshape(-1), ids)
+        self.heads.append(HeadSplit(self.current, heads, head_dim, hv, literal, name))
+        return hv
 
     # -- annotations ---------------------------------------------------------------------
     def peek(self, t: Any) -> Ann | None:
@@ -322,6 +396,11 @@ class Tracer:
         for t in tensors:
             if isinstance(t, torch.Tensor):
                 self.uses[id(t)] += 1
+                hit = self.pending.get(id(t))
+                if hit is not None and hit[0] is t:
+                    del self.pending[id(t)]
+                    for ids, why in hit[1]:
+                        self.fix(ids, why)
 
     def _remember(self, use: ModuleUse, x: Any, out: Any) -> None:
         first = out[0] if isinstance(out, (tuple, list)) and out else out
@@ -354,6 +433,8 @@ class Tracer:
     def on_function(self, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
         name = getattr(func, "__name__", str(func))
         if name in _IGNORED:
+            if self.pending:  # .item(), .tolist(), bool(): the value is read all the same
+                self.count_uses([a for a in args if isinstance(a, torch.Tensor)])
             return
         flat_in, _ = tree_flatten((args, kwargs))
         tensors_in = [t for t in flat_in if isinstance(t, torch.Tensor)]
@@ -386,6 +467,7 @@ class Tracer:
             for ids in ann.values():
                 if not any(ids is f for f in free):
                     self.fix(ids, "model output")
+        self._check_splits()
         n = self.n
         label = torch.arange(n)
         if self.edges_a:
@@ -393,6 +475,7 @@ class Tracer:
             label = connected_labels(label, a, b)
         _, component = torch.unique(label, return_inverse=True)
         n_comp = int(component.max()) + 1 if n else 0
+        heads = self._confirmed_heads(component, n_comp)
         fixed = torch.zeros(n_comp, dtype=torch.bool)
         reason_of = torch.full((n_comp,), -1, dtype=torch.long)
         reasons: dict[str, int] = {}
@@ -400,8 +483,57 @@ class Tracer:
             comps = component[ids]
             reason_of[comps[~fixed[comps]]] = reasons.setdefault(why, len(reasons))
             fixed[comps] = True
+        sizes = [site for h in heads for site in (SizeSite(h.module, h.heads, h.ids),
+                                                   SizeSite(h.module, h.heads * h.head_dim, h.ids, h.head_dim))]
+        sizes += [SizeSite(m, size, parts[0]) for m, size, parts, _, _ in self.splits]
         return ChannelGraph(n, component, fixed, self.tensors, self.modules, reason_of, list(reasons),
-                            dict(self.unknown), rules_used=self.rules_used, output_ids=output_ids)
+                            dict(self.unknown), rules_used=self.rules_used, output_ids=output_ids,
+                            heads=heads, sizes=sizes, int_reads=self._reads_by_name())
+
+    def _reads_by_name(self) -> dict[str, set[str]]:
+        modules = {id(m): n for n, m in self.model.named_modules()}
+        return {modules[k]: names for k, names in self.reads.items() if k in modules}
+
+    def _int_values(self, module: str) -> dict[str, int]:
+        """The integer attributes of ``module`` its forward read, with their values."""
+        owner = dict(self.model.named_modules()).get(module)
+        names = self._reads_by_name().get(module, set())
+        return {a: v for a in names if type(v := getattr(owner, a, None)) is int}
+
+    def _check_splits(self) -> None:
+        """Keep the head splits and equal ``split`` sizes the speedup can follow, fix the rest
+        (couplings made here still join components: it runs before they are computed)."""
+        for m, size, parts, ids, why in list(self.splits):
+            if size in self._int_values(m).values():
+                for part in parts[1:]:  # every part must keep the same positions to stay equal
+                    self.couple(parts[0], part)
+            else:
+                self.fix(ids, why)
+                self.splits.remove((m, size, parts, ids, why))
+        for h in self.heads:
+            values = self._int_values(h.module)
+            read = set(values.values())
+            if h.literal and h.heads not in read:
+                self.fix(h.ids, f"{h.op!r} in {h.module or 'the model'} splits channels into a number of heads "
+                                "the module does not hold as an attribute (it could not follow pruning)")
+            elif h.heads == h.head_dim and h.heads in read:
+                self.fix(h.ids, f"{h.module or 'the model'} has as many heads as each head has channels, so "
+                                "its attributes for the two cannot be told apart")
+
+    def _confirmed_heads(self, component: torch.Tensor, n_comp: int) -> list[HeadSplit]:
+        """Head splits that an attention product uses as heads; the others are fixed (a
+        channel shuffle, or groups nothing treats one by one)."""
+        used = torch.zeros(n_comp, dtype=torch.bool)
+        if self.attention_ids:
+            used[component[torch.cat(self.attention_ids)]] = True
+        kept = []
+        for h in self.heads:
+            if bool(used[component[h.ids]].all()):
+                kept.append(h)
+            else:
+                self.fix(h.ids, f"{h.op!r} in {h.module or 'the model'} splits channels into groups that no "
+                                "attention product uses as heads")
+        return kept
 
 
 def connected_labels(label: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -416,6 +548,21 @@ def connected_labels(label: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> t
         if torch.equal(new, label):
             return label
         label = new
+
+
+def _reading_class(cls: type, reads: dict[int, set[str]]) -> type:
+    """A subclass of ``cls`` that records which integer attributes are read from its
+    instances: the sizes a forward computes with (``self.num_heads``), which the speedup
+    must change with the heads it removes. Instances wear it only during the trace."""
+
+    def __getattribute__(self, attr):
+        value = cls.__getattribute__(self, attr)
+        if type(value) is int:
+            reads.setdefault(id(self), set()).add(attr)
+        return value
+
+    return type(cls.__name__, (cls,), {"__getattribute__": __getattribute__, "__module__": cls.__module__,
+                                       "__qualname__": cls.__qualname__})
 
 
 class _Recorder(TorchFunctionMode):
@@ -560,6 +707,16 @@ def trace_channels(
         if tracer.depth == 0:
             tracer.count_uses(tree_flatten((args, kwargs))[0])
 
+    def enter(name):
+        def hook(module, args):
+            tracer.stack.append(name)
+
+        return hook
+
+    def leave(module, args, out):
+        tracer.stack.pop()
+
+    watched: dict[nn.Module, type] = {}
     for name, m in model.named_modules():
         if isinstance(m, Mask):
             handles.append(m.register_forward_pre_hook(pre, with_kwargs=True))
@@ -567,6 +724,9 @@ def trace_channels(
             continue
         family = LAYERS.family_of(m)
         if family is None:
+            handles.append(m.register_forward_pre_hook(enter(name)))
+            handles.append(m.register_forward_hook(leave, always_call=True))
+            watched[m] = type(m)
             continue
         if record_inputs:
             handles.append(m.register_forward_pre_hook(_stats_hook(stats, name, family, tracer)))
@@ -577,7 +737,12 @@ def trace_channels(
             handles.append(m.register_forward_pre_hook(count, with_kwargs=True))
             handles.append(m.register_forward_hook(traced_through(family)))
     modes = {m: m.training for m in model.modules()}
+    classes: dict[type, type] = {}
     try:
+        for m, cls in watched.items():
+            if cls not in classes:
+                classes[cls] = _reading_class(cls, tracer.reads)
+            m.__class__ = classes[cls]
         model.eval()
         with torch.no_grad(), _Recorder(tracer), no_gc():
             try:
@@ -591,6 +756,8 @@ def trace_channels(
                     wrapped = RuntimeError(message)
                 raise wrapped from e
     finally:
+        for m, cls in watched.items():
+            m.__class__ = cls
         for h in handles:
             h.remove()
         for m, mode in modes.items():

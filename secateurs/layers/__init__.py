@@ -16,6 +16,7 @@ from .hf_conv1d import HFConv1D
 from .layer_norm import LayerNorm
 from .linear import Linear
 from .prelu import PReLU
+from .split_attention import SplitMultiheadAttention, split_multihead_attention
 
 for _family in (Conv(), ConvTranspose(), Linear(), HFConv1D(), BatchNorm(), InstanceNorm(), GroupNorm(),
                 LayerNorm(), PReLU(), Embedding(), MultiheadAttention()):
@@ -23,4 +24,5 @@ for _family in (Conv(), ConvTranspose(), Linear(), HFConv1D(), BatchNorm(), Inst
 
 family_of = LAYERS.family_of
 
-__all__ = ["LAYERS", "LayerFamily", "LayerRegistry", "family_of", "stored"]
+__all__ = ["LAYERS", "LayerFamily", "LayerRegistry", "SplitMultiheadAttention", "family_of",
+           "split_multihead_attention", "stored"]

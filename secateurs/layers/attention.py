@@ -1,5 +1,6 @@
 """nn.MultiheadAttention: its inner width must equal ``embed_dim``, so its channels are
-kept whole (head pruning replaces the module; not done here)."""
+kept whole. To prune its heads, swap in :class:`~secateurs.layers.SplitMultiheadAttention`
+first (:func:`~secateurs.layers.split_multihead_attention`), which computes the same."""
 
 from __future__ import annotations
 
@@ -18,10 +19,12 @@ class MultiheadAttention(LayerFamily):
         return None, None
 
     def out_channel_refusal(self, module):
-        return "nn.MultiheadAttention keeps its width (its inner width must equal embed_dim)"
+        return ("nn.MultiheadAttention keeps its width (its inner width must equal embed_dim); "
+                "secateurs.layers.split_multihead_attention(model) makes its heads prunable")
 
     def trace(self, tr, module, name, x, args, kwargs, out, use):
-        why = f"{name} (MultiheadAttention) keeps its channels"
+        why = (f"{name} (nn.MultiheadAttention) keeps its channels; secateurs.layers.split_multihead_attention(model) "
+               "makes its heads prunable")
         for a in list(args) + list(kwargs.values()):
             tr.fix_ann(tr.get(a), why)
         out_ids = tr.fresh(module.embed_dim)

@@ -147,4 +147,45 @@ def apply_plan(model: nn.Module, graph: ChannelGraph, plan: Plan, undo: Undo,
         attrs = {k: v for k, v in vars(module).items() if not k.startswith("_")}
         undo.add(lambda m=module, a=attrs: m.__dict__.update(a))
         family.update_attrs(module, n_in, n_out)
+    follow_sizes(modules, graph, removed, undo)
     return removed_out
+
+
+def follow_sizes(modules: dict[str, nn.Module], graph: ChannelGraph, removed: torch.Tensor, undo: Undo) -> None:
+    """Give the integer attributes that sizes depend on (head counts, widths of all heads,
+    ``split`` sizes) their values after pruning, in the module whose forward uses them.
+
+    Changed: every integer attribute that the forward read during the trace and that
+    equals a size that changes (it is what the forward computes with), and, for a
+    consistent module, an unread one whose name says it counts heads (``num_heads``,
+    ``all_head_size``) unless its value is also a head's width. A shared ``config``
+    object is never changed (it still describes the original model).
+
+    Raises:
+        RuntimeError: one value of a module would have to become two different values.
+    """
+    change: dict[str, dict[int, int]] = {}
+    for site in graph.sizes:
+        new = int((~removed[graph.component[site.ids]]).sum()) * site.per
+        seen = change.setdefault(site.module, {})
+        if seen.setdefault(site.value, new) != new:
+            raise RuntimeError(
+                f"ModelSpeedup: {site.module or 'the model'} uses the number {site.value} for two sizes that pruning "
+                f"changes differently ({seen[site.value]} and {new}); exclude its layers from pruning."
+            )
+    head_dims: dict[str, set[int]] = {}
+    for h in graph.heads:
+        head_dims.setdefault(h.module, set()).add(h.head_dim)
+    for name, values in change.items():
+        values = {old: new for old, new in values.items() if old != new}
+        module = modules.get(name)
+        if not values or module is None:
+            continue
+        read = graph.int_reads.get(name, set())
+        for attr, value in list(vars(module).items()):
+            if type(value) is not int or value not in values:
+                continue
+            named = "head" in attr.lower() and value not in head_dims.get(name, set())
+            if attr in read or named:
+                undo.add(lambda m=module, a=attr, v=value: setattr(m, a, v))
+                setattr(module, attr, values[value])

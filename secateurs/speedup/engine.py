@@ -218,6 +218,12 @@ class ModelSpeedup:
             model.eval()
             with torch.no_grad():
                 out = call_with(model, self.dummy_input)
+        except Exception as e:
+            raise _Mismatch(
+                f"ModelSpeedup: the shrunk model's forward failed ({type(e).__name__}: {e}); the model was left "
+                "unchanged. A size it computes with did not follow pruning (a number written in its code, or an "
+                "attribute of another module or of its config); exclude the layers involved from pruning."
+            ) from e
         finally:
             for m, mode in modes.items():
                 m.training = mode

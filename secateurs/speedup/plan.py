@@ -153,6 +153,20 @@ def _consumer_check(modules, graph, name, use, candidates):
     return comps[gone][bad.to(comps.device)], fold, f"still carry {why} into {name}"
 
 
+def _keep_one_head(graph: ChannelGraph, candidates: torch.Tensor, plan: Plan) -> None:
+    """An attention layer keeps at least one head (its forward cannot run with none): when
+    every head of a split would go, the first stays, with its masked (zero) weights, which
+    is what the masked model computed with."""
+    emptied = set()
+    for h in graph.heads:
+        comps = graph.component[h.ids]
+        if bool(candidates[comps].all()):
+            candidates[comps[0]] = False
+            emptied.add(h.module)
+    plan.kept += [f"{m or 'the model'}: one masked attention head kept (a layer cannot have zero heads)"
+                  for m in sorted(emptied)]
+
+
 def plan_removal(model: nn.Module, graph: ChannelGraph, masks: Mapping[int, tuple[torch.Tensor, torch.Tensor]]) -> Plan:
     """Decide what goes; ``model`` computes with the masks attached, ``graph`` was traced
     on it with ``record_inputs``; ``masks`` maps the id of each masked parameter to
@@ -175,6 +189,7 @@ def plan_removal(model: nn.Module, graph: ChannelGraph, masks: Mapping[int, tupl
         plan.kept.append(f"{n_live} masked channel group(s) are still fed by unmasked layers (masks cover only part "
                          "of the group); prune with dummy_input=... so the masks cover whole groups")
     candidates = wanted & ~graph.fixed & ~live
+    _keep_one_head(graph, candidates, plan)
     modules = dict(model.named_modules())
     consumers = [(n, u) for n, u in graph.modules.items()
                  if u.in_ids is not None and u.in_ids is not u.out_ids and not _follows(u)]
