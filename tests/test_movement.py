@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
 from secateurs import LevelPruner, MovementPruner, TorchEvaluator, get_masks, load_masks, save_masks
 from secateurs.checkpoint import checkpoints
@@ -345,3 +346,110 @@ def test_an_optimizer_that_does_not_train_the_scores_is_an_error(tmp_path):
     with pytest.raises(RuntimeError, match=r"the optimizer does not train them"):
         pruner.compress(max_steps=3)
     assert get_masks(trainer.model) == {}
+
+
+def test_max_epochs_trains_one_chunk_per_epoch_and_ends_at_the_full_ratio():
+    model = _linear()
+    calls = []
+
+    def loop(model, optimizers, training_step, lr_schedulers, max_steps, max_epochs):
+        calls.append((max_steps, max_epochs))
+        for _ in range(max_epochs):
+            for _ in range(3):  # an epoch of three batches
+                optimizers.zero_grad()
+                training_step(None, model).backward()
+                optimizers.step()
+
+    pruner = MovementPruner(model, [{"op_types": ["Linear"], "sparse_ratio": 0.5}], _evaluator(model, 0.1, loop=loop),
+                            warmup_step=1, cooldown_begin_step=4)
+    _, masks = pruner.compress(max_epochs=2)
+    assert calls == [(None, 1), (None, 1)] and pruner.step == 6
+    assert [h["step"] for h in pruner.history] == [3, 6]
+    assert int((~masks["0"]["weight"]).sum()) == 12
+    calls.clear()
+    again = MovementPruner(_linear(), [{"op_types": ["Linear"], "sparse_ratio": 0.5}],
+                           _evaluator(model, 0.1, loop=loop), warmup_step=1, cooldown_begin_step=4)
+    again.compress(max_steps=4, max_epochs=2)  # the steps end it in the second epoch
+    assert calls == [(4, 1), (1, 1)] and again.step == 4
+
+
+@pytest.mark.filterwarnings(r"ignore:`isinstance\(treespec, LeafSpec\)` is deprecated:FutureWarning")
+def test_a_lightning_module_trains_the_scores_with_its_own_optimizer():
+    L = pytest.importorskip("lightning")
+    from secateurs import LightningEvaluator
+
+    class Tiny(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+
+        def training_step(self, batch, batch_idx):
+            return F.cross_entropy(self.net(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    class Data(L.LightningDataModule):
+        def train_dataloader(self):
+            x = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
+            return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, (x[:, 0] > 0).long()), batch_size=8)
+
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0)
+    module = Tiny()
+    pruner = MovementPruner(module, [{"op_names": ["net.0"], "sparse_ratio": 0.5}],
+                            LightningEvaluator(trainer, Data()), warmup_step=1, cooldown_begin_step=3)
+    _, masks = pruner.compress(max_steps=4)
+    assert pruner.step == 4 and bool((pruner.scores[("net.0", "weight")] != 0).any())
+    assert int((~masks["net.0"]["weight"]).sum()) == 16
+    assert not [n for n, _ in module.named_parameters() if "score" in n]
+
+
+_DDP_WORKER = '''
+import sys
+import torch, torch.distributed as dist, torch.nn as nn, torch.nn.functional as F
+from safetensors.torch import save_file
+from secateurs import MovementPruner, TorchEvaluator, save_masks
+
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+torch.manual_seed(0)
+model = nn.parallel.DistributedDataParallel(nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)))
+g = torch.Generator().manual_seed(10 + rank)  # each rank its own data
+data = [(torch.randn(8, 6, generator=g), torch.randint(0, 3, (8,), generator=g)) for _ in range(3)]
+
+def loop(model, optimizers, training_step, lr_schedulers, max_steps, max_epochs):
+    for batch in data * 3:
+        optimizers.zero_grad()
+        training_step(batch, model).backward()
+        optimizers.step()
+
+ev = TorchEvaluator(loop, torch.optim.SGD(model.parameters(), lr=0.1), lambda b, m: F.cross_entropy(m(b[0]), b[1]))
+pruner = MovementPruner(model, [{"op_names": ["0"], "sparse_ratio": 0.5}], ev, warmup_step=1, cooldown_begin_step=3)
+_, masks = pruner.compress(max_steps=5)
+save_masks(masks, f"{sys.argv[1]}/masks-{rank}.safetensors")
+save_file({"scores": pruner.scores[("0", "weight")]}, f"{sys.argv[1]}/scores-{rank}.safetensors")
+dist.destroy_process_group()
+'''
+
+
+def test_every_rank_of_a_ddp_model_learns_the_same_scores_and_masks(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    script = tmp_path / "worker.py"
+    script.write_text(_DDP_WORKER)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                             "--master_addr=127.0.0.1", f"--master_port={port}", str(script), str(tmp_path)],
+                            capture_output=True, text=True, env=env, timeout=240, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    masks = [load_masks(tmp_path / f"masks-{r}.safetensors")["0"]["weight"] for r in (0, 1)]
+    scores = [load_file(tmp_path / f"scores-{r}.safetensors")["scores"] for r in (0, 1)]
+    assert torch.equal(masks[0], masks[1]) and int((~masks[0]).sum()) == 24
+    assert torch.equal(scores[0], scores[1]) and bool((scores[0] != 0).any())

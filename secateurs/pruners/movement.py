@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
@@ -328,8 +329,22 @@ class MovementPruner(Pruner):
                 f"the optimizer does not train them. With Lightning, configure_optimizers must optimise self.parameters() (the scores are parameters "
                 f"of the model while it trains); with a Trainer, leave trainer.optimizer unset so it builds one.")
 
+    def _average_grads(self) -> None:
+        """Average the scores' gradients over the ranks: they joined the model after
+        DistributedDataParallel wrapped it, so it does not reduce them itself."""
+        grads = [m.score.grad for m in self._installed.values() if m.score.grad is not None]
+        if grads:
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            flat /= dist.get_world_size()
+            for g, part in zip(grads, flat.split([g.numel() for g in grads])):
+                g.copy_(part.reshape(g.shape))
+
     def _hooks(self, evaluator: Evaluator) -> None:
         evaluator.after_optimizer_step(self._after_step)
+        if self.net is not self.model and dist.is_available() and dist.is_initialized() \
+                and dist.get_world_size() > 1:
+            evaluator.before_optimizer_step(self._average_grads)
         if any(t.setting.sparse_threshold is not None for t in self.targets):
             def regularised(loss: torch.Tensor) -> torch.Tensor:
                 scale = self.regular_scale_at(self.step)
