@@ -510,10 +510,19 @@ class Tracer:
             else:
                 self.fix(ids, why)
                 self.splits.remove((m, size, parts, ids, why))
+        counts: dict[str, set[int]] = {}
+        for h in self.heads:
+            counts.setdefault(h.module, set()).add(h.heads)
         for h in self.heads:
             values = self._int_values(h.module)
             read = set(values.values())
-            if h.literal and h.heads not in read:
+            # Grouped-query attention: q heads per k/v head is a number that stays; read under the
+            # same value as a head count, the speedup could not tell which attribute to change.
+            group = max(counts[h.module]) // min(counts[h.module])
+            if group > 1 and group in read and group in counts[h.module]:
+                self.fix(h.ids, f"{h.module or 'the model'} has as many query heads per key/value head as it has "
+                                "heads of one kind, so its attributes for the two cannot be told apart")
+            elif h.literal and h.heads not in read:
                 self.fix(h.ids, f"{h.op!r} in {h.module or 'the model'} splits channels into a number of heads "
                                 "the module does not hold as an attribute (it could not follow pruning)")
             elif h.heads == h.head_dim and h.heads in read:
@@ -553,11 +562,15 @@ def connected_labels(label: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> t
 def _reading_class(cls: type, reads: dict[int, set[str]]) -> type:
     """A subclass of ``cls`` that records which integer attributes are read from its
     instances: the sizes a forward computes with (``self.num_heads``), which the speedup
-    must change with the heads it removes. Instances wear it only during the trace."""
+    must change with the heads it removes. Instances wear it only during the trace. A class
+    may name in ``fixed_sizes`` the integer attributes that never follow pruning (a
+    head's width), so that they are not mistaken for one that does."""
+
+    stay = set(getattr(cls, "fixed_sizes", ()))
 
     def __getattribute__(self, attr):
         value = cls.__getattribute__(self, attr)
-        if type(value) is int:
+        if type(value) is int and attr not in stay:
             reads.setdefault(id(self), set()).add(attr)
         return value
 

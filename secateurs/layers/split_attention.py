@@ -12,6 +12,8 @@ the same width (``num_heads`` follows; ``embed_dim`` stays).
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -34,6 +36,9 @@ class SplitMultiheadAttention(nn.Module):
         head_dim: width of each head; default ``embed_dim // num_heads``.
         kdim / vdim: widths of key and value; default ``embed_dim``.
     """
+
+    # Sizes that stay when heads are pruned (the tracer and the speedup read this).
+    fixed_sizes: ClassVar[tuple[str, ...]] = ("embed_dim", "head_dim", "kdim", "vdim")
 
     def __init__(self, embed_dim: int, num_heads: int, head_dim: int | None = None, dropout: float = 0.0,
                  bias: bool = True, kdim: int | None = None, vdim: int | None = None, batch_first: bool = False,

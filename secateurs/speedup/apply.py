@@ -158,8 +158,9 @@ def follow_sizes(modules: dict[str, nn.Module], graph: ChannelGraph, removed: to
     Changed: every integer attribute that the forward read during the trace and that
     equals a size that changes (it is what the forward computes with), and, for a
     consistent module, an unread one whose name says it counts heads (``num_heads``,
-    ``all_head_size``) unless its value is also a head's width. A shared ``config``
-    object is never changed (it still describes the original model).
+    ``all_head_size``) unless its value is also a head's width. Attributes the module's
+    class lists in ``fixed_sizes`` never change. A shared ``config`` object is never
+    changed (it still describes the original model).
 
     Raises:
         RuntimeError: one value of a module would have to become two different values.
@@ -182,10 +183,13 @@ def follow_sizes(modules: dict[str, nn.Module], graph: ChannelGraph, removed: to
         if not values or module is None:
             continue
         read = graph.int_reads.get(name, set())
+        stay = getattr(type(module), "fixed_sizes", None)
         for attr, value in list(vars(module).items()):
-            if type(value) is not int or value not in values:
+            if type(value) is not int or value not in values or attr in (stay or ()):
                 continue
-            named = "head" in attr.lower() and value not in head_dims.get(name, set())
+            # Unread, so only for a consistent module: one whose name says it counts heads.
+            plain = stay is not None or value not in head_dims.get(name, set())
+            named = "head" in attr.lower() and plain
             if attr in read or named:
                 undo.add(lambda m=module, a=attr, v=value: setattr(m, a, v))
                 setattr(module, attr, values[value])
