@@ -171,6 +171,23 @@ def test_the_model_ends_with_plain_masks_and_no_scores(tmp_path, cnn, batch):
     assert torch.allclose(cnn(batch), out, atol=1e-6) and get_masks(cnn) == {}
 
 
+def test_output_channels_with_dummy_input_give_masks_speedup_makes_exact(cnn):
+    from secateurs import ModelSpeedup
+
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    config = [{"op_types": ["Conv2d", "Linear"], "exclude_op_names": ["fc2"], "sparse_ratio": 0.5,
+               "granularity": "out_channel"}]
+    pruner = MovementPruner(cnn, config, _cnn_evaluator(cnn), 1, 3, dummy_input=x)
+    _, masks = pruner.compress(max_steps=4)
+    assert pruner.scores[("conv1", "weight")].shape == (8, 1, 1, 1)  # one score per output channel
+    assert int((~masks["conv1"]["bias"]).sum()) == 4 and torch.equal(masks["bn1"]["weight"], masks["conv1"]["bias"])
+    cnn.eval()
+    masked = cnn(x)
+    ModelSpeedup(cnn, x, masks).speedup_model()
+    assert cnn.conv1.out_channels == 4 and cnn.fc1.out_features == 16
+    assert torch.allclose(cnn(x), masked, rtol=1e-4, atol=1e-5)
+
+
 def test_units_masked_before_stay_masked(cnn):
     LevelPruner(cnn, [{"op_names": ["fc1"], "sparse_ratio": 0.5}]).compress()
     before = get_masks(cnn)["fc1"]["weight"].clone()
@@ -232,7 +249,9 @@ def test_a_run_cut_short_resumes_to_the_same_result(tmp_path):
             assert torch.equal(other.scores[key], score), key
         for (name, a), (_, b) in zip(whole_model.state_dict().items(), other_model.state_dict().items()):
             assert torch.equal(a, b), name
-    assert ev.optimizers.state_dict()["state"].keys() == whole_ev.optimizers.state_dict()["state"].keys()
+    ours, theirs = ev.optimizers.state_dict()["state"], whole_ev.optimizers.state_dict()["state"]
+    assert ours.keys() == theirs.keys() and len(ours) == len(list(model.parameters()))  # the scores' state is gone
+    assert all(torch.equal(ours[i]["momentum_buffer"], theirs[i]["momentum_buffer"]) for i in ours)
     # A finished run is restored without training again.
     calls = []
     _, _, again = _resumable(tmp_path / "whole", calls=calls)
