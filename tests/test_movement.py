@@ -282,6 +282,12 @@ def test_bad_configs_and_budgets_are_refused():
         MovementPruner(model, [{"op_types": ["Linear"]}], ev, 1, 2)
     with pytest.raises(ValueError, match=r"config_list\[0\]: MovementPruner cannot prune whole attention heads"):
         MovementPruner(model, [{"op_types": ["Linear"], "sparse_ratio": 0.5, "granularity": "head"}], ev, 1, 2)
+    with pytest.raises(ValueError, match=r"config_list\[0\]: MovementPruner compares 'sparse_threshold' with "
+                                         r"sigmoid\(score\), so it must be a number in \(0, 1\); got 1.5"):
+        MovementPruner(model, [{"op_types": ["Linear"], "sparse_threshold": 1.5}], ev, 1, 2)
+    with pytest.raises(ValueError, match=r"ramps a global group's ratio up from 0, which 'min_sparse_ratio'"):
+        MovementPruner(model, [{"op_types": ["Linear"], "sparse_ratio": 0.5, "global_group_id": 0,
+                                "min_sparse_ratio": 0.2}], ev, 1, 2)
     with pytest.raises(TypeError, match=r"'evaluator' must be a secateurs Evaluator"):
         MovementPruner(model, [{"op_types": ["Linear"], "sparse_ratio": 0.5}], None, 1, 2)
     pruner = MovementPruner(model, [{"op_types": ["Linear"], "sparse_ratio": 0.5}], ev, 1, 4)

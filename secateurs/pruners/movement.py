@@ -200,6 +200,14 @@ class MovementPruner(Pruner):
                         f"or 'in_channel'.")
         super().__init__(model, config_list, dummy_input=dummy_input if dummy_input is not None
                          else evaluator.dummy_input)
+        for s in self.settings.values():
+            tau = s.sparse_threshold
+            if tau is not None and not 0 < tau < 1:
+                raise ValueError(f"config_list[{s.config_index}]: {name} compares 'sparse_threshold' with "
+                                 f"sigmoid(score), so it must be a number in (0, 1); got {tau!r}.")
+            if s.global_group_id is not None and s.sparse_ratio is not None and s.min_sparse_ratio:
+                raise ValueError(f"config_list[{s.config_index}]: {name} ramps a global group's ratio up from 0, "
+                                 f"which 'min_sparse_ratio' ({s.min_sparse_ratio}) forbids; leave it out.")
         self.evaluator = evaluator
         self.warmup_step, self.cooldown_begin_step = int(warmup_step), int(cooldown_begin_step)
         self.regular_scale = float(regular_scale)
