@@ -337,12 +337,12 @@ class Mixing(nn.Module):
 
     def __init__(self, how: str):
         super().__init__()
-        self.how, self.heads = how, 4
-        self.q, self.o = nn.Linear(16, 16), nn.Linear(16, 16)
+        self.how, self.heads, self.head_dim = how, 4, 6
+        self.q, self.o = nn.Linear(24, 24), nn.Linear(24, 24)
 
     def forward(self, x):
         b, t, _ = x.shape
-        q = self.q(x).view(b, t, -1, 4).transpose(1, 2)  # (b, heads, t, 4)
+        q = self.q(x).view(b, t, -1, self.head_dim).transpose(1, 2)  # (b, heads, t, head_dim)
         if self.how == "softmax_over_heads":
             y = (q @ q.transpose(-1, -2)).softmax(1) @ q
         elif self.how == "sum_over_heads":
@@ -353,9 +353,9 @@ class Mixing(nn.Module):
         elif self.how == "not_attention":
             y = q.relu()
         else:  # "literal": a head count written in the code
-            q = self.q(x).view(b, t, 4, 4).transpose(1, 2)
+            q = self.q(x).view(b, t, 4, self.head_dim).transpose(1, 2)
             y = (q @ q.transpose(-1, -2)).softmax(-1) @ q
-        return self.o(y.transpose(1, 2).reshape(b, t, 16))
+        return self.o(y.transpose(1, 2).reshape(b, t, -1))
 
 
 @pytest.mark.parametrize("how, reason", [
@@ -367,8 +367,9 @@ class Mixing(nn.Module):
 ])
 def test_ops_that_mix_heads_keep_them_with_a_reason(how, reason):
     model = Mixing(how).eval()
-    model.heads = 3 if how == "literal" else 4  # no attribute holds the 4 written in the code
-    graph = trace_channels(model, torch.randn(2, 5, 16), warn=False)
+    if how == "literal":
+        model.heads = 3  # no attribute holds the 4 written in the code
+    graph = trace_channels(model, torch.randn(2, 5, 24), warn=False)
     ids = graph.modules["q"].out_ids
     assert bool(graph.fixed[graph.component[ids]].all())
     assert any(reason in r for r in graph.why_fixed(ids)), graph.why_fixed(ids)
@@ -454,3 +455,43 @@ def test_plain_nn_multihead_attention_keeps_its_heads_and_says_how_to_prune_them
     graph = trace_channels(model, _mha_inputs(2, 5), warn=False)
     ids = graph.modules["attn"].out_ids
     assert any("split_multihead_attention" in r for r in graph.why_fixed(ids))
+
+
+@pytest.mark.parametrize("form_id", ["gpt2", "torchvision_vit"])
+def test_a_saved_pruned_model_loads_into_a_fresh_one_with_its_head_counts(form_id, tmp_path):
+    from secateurs.speedup import load_pruned_model, save_pruned_model
+
+    form = BY_ID[form_id]
+    model = build(form)
+    example = form.inputs(2, 5, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, masks = L1NormPruner(model, [{"op_types": [form.op_type], "sparse_ratio": 0.5}],
+                                dummy_input=example).compress()
+    ModelSpeedup(model, example, masks).speedup_model()
+    save_pruned_model(model, tmp_path / "pruned.safetensors")
+    fresh = load_pruned_model(build(form), tmp_path / "pruned.safetensors").eval()
+    assert getattr(form.attention(fresh), form.heads_attr) == form.heads // 2
+    other = form.inputs(3, 6, 2)
+    assert_close(first(call(fresh, other)), first(call(model, other)), form_id)
+
+
+@pytest.mark.parametrize("heads, kv_heads, pruned", [(6, 2, True), (4, 2, False)])
+def test_llama_grouped_query_attention_loses_whole_groups_or_keeps_them(heads, kv_heads, pruned):
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=50, hidden_size=48, intermediate_size=64, num_hidden_layers=1,
+                                      num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=8,
+                                      max_position_embeddings=32)
+    model = randomise(transformers.LlamaModel(config))
+    example = {**_tokens(2, 6, 2, start=0), "use_cache": False}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, masks = L1NormPruner(model, [{"op_types": ["Linear"], "sparse_ratio": 0.5}], dummy_input=example).compress()
+    expected = call(model, example)[0]
+    ModelSpeedup(model, example, masks).speedup_model()
+    attention = model.layers[0].self_attn
+    assert attention.num_key_value_groups == heads // kv_heads
+    assert attention.k_proj.out_features == (8 * kv_heads // 2 if pruned else 8 * kv_heads)
+    assert attention.q_proj.out_features == (8 * heads // 2 if pruned else 8 * heads)
+    assert model.layers[0].mlp.gate_proj.out_features == 32
+    assert_close(call(model, example)[0], expected, "llama")

@@ -264,6 +264,7 @@ def reshape_ann(tr: Tracer, name: str, x: torch.Tensor, out: torch.Tensor, ann: 
     if not ann:
         return
     old, new = list(x.shape), list(out.shape)
+    given = list(requested) if requested is not None and len(requested) == len(new) else None
     groups = _reshape_groups(old, new)
     if groups is None:
         tr.fix_ann(ann, f"'{name}' reshapes channels in a way that is not tracked")
@@ -283,12 +284,16 @@ def reshape_ann(tr: Tracer, name: str, x: torch.Tensor, out: torch.Tensor, ann: 
             shape = [old[k] for k in gi]
             expanded = ann[d].reshape([old[k] if k == d else 1 for k in gi]).expand(shape).reshape(size)
             result[big_new[0]] = expanded
+            if given is not None and given[big_new[0]] >= 0:
+                tr.given_for_heads(name, given[big_new[0]], ann[d])
             continue
         if len(tracked) == 1 and len(gi) == 1 and len(big_new) in (2, 3):
             h_dim, d_dim = big_new[-2], big_new[-1]
-            literal = requested is None or len(requested) != len(new) or requested[h_dim] != -1
+            literal = given is None or given[h_dim] != -1
+            width_given = given is None or given[d_dim] != -1
             outer = new[big_new[0]] if len(big_new) == 3 else 1
-            result[h_dim] = tr.split_heads(name, ann[tracked[0]], outer, new[h_dim], new[d_dim], literal)
+            result[h_dim] = tr.split_heads(name, ann[tracked[0]], outer, new[h_dim], new[d_dim], literal,
+                                           width_given)
             continue
         for d in tracked:
             tr.fix(ann[d], f"'{name}' splits or merges channel dims (sizes may be hard-coded)")

@@ -95,6 +95,8 @@ class HeadSplit:
         literal: the head count was passed to the reshape as a number (not ``-1``), which the
             module must hold as an attribute for the speedup to change it.
         op: the reshape op, for messages.
+        width_given: the head width was passed as a number (not ``-1``): one the module
+            does not hold may be computed from the head count (``C // num_heads``).
     """
 
     module: str
@@ -103,6 +105,7 @@ class HeadSplit:
     ids: Ids
     literal: bool
     op: str
+    width_given: bool = False
 
 
 @dataclass
@@ -233,6 +236,8 @@ class Tracer:
         self.attention_ids: list[Ids] = []  # variables of dims an attention product treats as heads
         self.splits: list[tuple[str, int, list[Ids], Ids, str]] = []  # module, size, parts, all ids, why
         self.pending: dict[int, tuple[torch.Tensor, list[tuple[Ids, str]]]] = {}  # fixed once the tensor is read
+        self.head_sizes: list[tuple[str, int, Ids, str]] = []  # module, a number given for heads, their ids, op
+        self.shape_sizes: dict[str, set[int]] = {}  # module -> head counts it read off tensor shapes
 
     # -- variables -----------------------------------------------------------------------
     def fresh(self, n: int) -> Ids:
@@ -273,13 +278,28 @@ class Tracer:
         """The innermost running module that is not a layer family ("" for the model)."""
         return self.stack[-1] if self.stack else ""
 
-    def split_heads(self, name: str, ids: Ids, outer: int, heads: int, head_dim: int, literal: bool) -> Ids:
+    def split_heads(self, name: str, ids: Ids, outer: int, heads: int, head_dim: int, literal: bool,
+                    width_given: bool) -> Ids:
         """Head variables for channels ``ids`` split into ``(outer, heads, head_dim)``; each
         head's variable is coupled with its ``outer * head_dim`` channels."""
         hv = self.fresh(heads)
         self.couple(hv.reshape(1, heads, 1).expand(outer, heads, head_dim).reshape(-1), ids)
-        self.heads.append(HeadSplit(self.current, heads, head_dim, hv, literal, name))
+        self.heads.append(HeadSplit(self.current, heads, head_dim, hv, literal, name, width_given))
         return hv
+
+    def _shape_read(self, t: torch.Tensor) -> None:
+        """The forward read the shape of ``t``: its head counts are numbers that follow
+        pruning (HF's ``repeat_kv`` reshapes to ``heads_from_shape * n_rep``)."""
+        head_ids = torch.cat([h.ids for h in self.heads])
+        for d, ids in (self.peek(t) or {}).items():
+            if bool(torch.isin(ids, head_ids).any()):
+                self.shape_sizes.setdefault(self.current, set()).add(t.shape[d])
+
+    def given_for_heads(self, name: str, value: int, ids: Ids) -> None:
+        """A reshape was given the number ``value`` for a dim that carries heads (merged back,
+        or kept): after pruning it must be an attribute the speedup changes."""
+        if self.heads and bool(torch.isin(ids, torch.cat([h.ids for h in self.heads])).any()):
+            self.head_sizes.append((self.current, value, ids, name))
 
     # -- annotations ---------------------------------------------------------------------
     def peek(self, t: Any) -> Ann | None:
@@ -435,6 +455,8 @@ class Tracer:
         if name in _IGNORED:
             if self.pending:  # .item(), .tolist(), bool(): the value is read all the same
                 self.count_uses([a for a in args if isinstance(a, torch.Tensor)])
+            if name in ("__get__", "size") and self.heads and args and isinstance(args[0], torch.Tensor):
+                self._shape_read(args[0])
             return
         flat_in, _ = tree_flatten((args, kwargs))
         tensors_in = [t for t in flat_in if isinstance(t, torch.Tensor)]
@@ -494,37 +516,50 @@ class Tracer:
         modules = {id(m): n for n, m in self.model.named_modules()}
         return {modules[k]: names for k, names in self.reads.items() if k in modules}
 
-    def _int_values(self, module: str) -> dict[str, int]:
-        """The integer attributes of ``module`` its forward read, with their values."""
+    def _int_values(self, module: str, fixed: bool = False) -> set[int]:
+        """The values of the integer attributes of ``module`` its forward read (with
+        ``fixed``, also those its class says never follow pruning)."""
         owner = dict(self.model.named_modules()).get(module)
         names = self._reads_by_name().get(module, set())
-        return {a: v for a in names if type(v := getattr(owner, a, None)) is int}
+        if fixed:
+            names = names | set(getattr(type(owner), "fixed_sizes", ()))
+        return {v for a in names if type(v := getattr(owner, a, None)) is int}
 
     def _check_splits(self) -> None:
         """Keep the head splits and equal ``split`` sizes the speedup can follow, fix the rest
         (couplings made here still join components: it runs before they are computed)."""
         for m, size, parts, ids, why in list(self.splits):
-            if size in self._int_values(m).values():
+            if size in self._int_values(m):
                 for part in parts[1:]:  # every part must keep the same positions to stay equal
                     self.couple(parts[0], part)
             else:
                 self.fix(ids, why)
                 self.splits.remove((m, size, parts, ids, why))
+        for m, value, ids, op in self.head_sizes:
+            read, dynamic = self._int_values(m), self.shape_sizes.get(m, set())
+            if value not in read | dynamic and not any(value == a * b for a in dynamic for b in read | dynamic):
+                self.fix(ids, f"{op!r} in {m or 'the model'} splits or merges channel dims: it gives a dim that "
+                              "carries attention heads a size the module does not hold as an attribute (it would "
+                              "not follow pruning)")
         counts: dict[str, set[int]] = {}
         for h in self.heads:
             counts.setdefault(h.module, set()).add(h.heads)
         for h in self.heads:
-            values = self._int_values(h.module)
-            read = set(values.values())
+            read = self._int_values(h.module)
             # Grouped-query attention: q heads per k/v head is a number that stays; read under the
             # same value as a head count, the speedup could not tell which attribute to change.
             group = max(counts[h.module]) // min(counts[h.module])
             if group > 1 and group in read and group in counts[h.module]:
                 self.fix(h.ids, f"{h.module or 'the model'} has as many query heads per key/value head as it has "
                                 "heads of one kind, so its attributes for the two cannot be told apart")
+            elif h.width_given and h.head_dim not in self._int_values(h.module, fixed=True):
+                self.fix(h.ids, f"{h.op!r} in {h.module or 'the model'} splits or merges channel dims: into heads of "
+                                "a width the module does not hold as an attribute (it may be computed from the head "
+                                "count)")
             elif h.literal and h.heads not in read:
-                self.fix(h.ids, f"{h.op!r} in {h.module or 'the model'} splits channels into a number of heads "
-                                "the module does not hold as an attribute (it could not follow pruning)")
+                self.fix(h.ids, f"{h.op!r} in {h.module or 'the model'} splits or merges channel dims: into a "
+                                "number of heads the module does not hold as an attribute (it could not follow "
+                                "pruning)")
             elif h.heads == h.head_dim and h.heads in read:
                 self.fix(h.ids, f"{h.module or 'the model'} has as many heads as each head has channels, so "
                                 "its attributes for the two cannot be told apart")
@@ -540,8 +575,9 @@ class Tracer:
             if bool(used[component[h.ids]].all()):
                 kept.append(h)
             else:
-                self.fix(h.ids, f"{h.op!r} in {h.module or 'the model'} splits channels into groups that no "
-                                "attention product uses as heads")
+                # First in the list, so that this is the reason given (not a size check's).
+                self.fixed_ids.insert(0, (h.ids, f"{h.op!r} in {h.module or 'the model'} splits or merges channel "
+                                                 "dims: into groups that no attention product uses as heads"))
         return kept
 
 

@@ -1,8 +1,9 @@
 """Save and load a sped-up (shrunk) model without pickle.
 
 The file is one safetensors file: the state dict, plus a JSON description in its
-metadata of every module's class, size attributes (``in_channels``, ``num_features`` ...)
-and tensor shapes. Loading takes a fresh instance of the original architecture, gives
+metadata of every module's class, size attributes (``in_channels``, ``num_features`` ...,
+and the integers of other modules, such as an attention module's head count) and tensor
+shapes. Loading takes a fresh instance of the original architecture, gives
 its modules those sizes, then loads the tensors. Nothing in the file is executed.
 """
 
@@ -31,11 +32,14 @@ def _describe(model: nn.Module) -> dict:
             value = getattr(module, attr, None)
             if isinstance(value, (int, tuple)) and not isinstance(value, bool):
                 attrs[attr] = list(value) if isinstance(value, tuple) else value
+        # Other modules' integers: head counts and widths the speedup changed (num_heads, split_size).
+        ints = {k: v for k, v in vars(module).items() if type(v) is int and not k.startswith("_")} \
+            if family is None else {}
         tensors = {k: list(v.shape) for k, v in module._parameters.items() if v is not None}
         buffers = {k: list(v.shape) for k, v in module._buffers.items() if v is not None}
-        if attrs or tensors or buffers:
+        if attrs or tensors or buffers or ints:
             modules[name] = {"type": module_type_name(module), "attrs": attrs, "parameters": tensors,
-                             "buffers": buffers}
+                             "buffers": buffers, **({"ints": ints} if ints else {})}
     return modules
 
 
@@ -75,6 +79,9 @@ def load_pruned_model(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         for attr, value in spec.get("attrs", {}).items():
             if family is not None and attr in family.size_attrs:
                 setattr(module, attr, tuple(value) if isinstance(value, list) else int(value))
+        for attr, value in spec.get("ints", {}).items():  # only integers the module already holds
+            if family is None and type(vars(module).get(attr)) is int and type(value) is int:
+                setattr(module, attr, value)
         for kind in ("parameters", "buffers"):
             store = module._parameters if kind == "parameters" else module._buffers
             for key, shape in spec.get(kind, {}).items():
