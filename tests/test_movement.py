@@ -280,7 +280,8 @@ def test_bad_configs_and_budgets_are_refused():
         MovementPruner(model, [{"op_types": ["Linear"], "sparse_ratio": 0.5, "sparse_threshold": 0.1}], ev, 1, 2)
     with pytest.raises(ValueError, match=r"needs 'sparse_ratio'"):
         MovementPruner(model, [{"op_types": ["Linear"]}], ev, 1, 2)
-    with pytest.raises(ValueError, match=r"config_list\[0\]: MovementPruner cannot prune whole attention heads"):
+    with pytest.raises(ValueError, match=r"config_list\[0\]: MovementPruner has no 'granularity' 'head'. To prune "
+                                         r"whole attention heads, select the query, key and value projections"):
         MovementPruner(model, [{"op_types": ["Linear"], "sparse_ratio": 0.5, "granularity": "head"}], ev, 1, 2)
     with pytest.raises(ValueError, match=r"config_list\[0\]: MovementPruner compares 'sparse_threshold' with "
                                          r"sigmoid\(score\), so it must be a number in \(0, 1\); got 1.5"):
@@ -478,3 +479,29 @@ def test_every_rank_of_a_ddp_model_learns_the_same_scores_and_masks(tmp_path):
     scores = [load_file(tmp_path / f"scores-{r}.safetensors")["scores"] for r in (0, 1)]
     assert torch.equal(masks[0], masks[1]) and int((~masks[0]).sum()) == 24
     assert torch.equal(scores[0], scores[1]) and bool((scores[0] != 0).any())
+
+
+def test_whole_heads_go_with_output_channels_of_query_key_value_and_dummy_input(tmp_path):
+    from secateurs import ModelSpeedup, TransformersEvaluator
+
+    trainer = _bert_trainer(tmp_path)
+    model = trainer.model
+    x = {"input_ids": torch.randint(1, 100, (2, 8), generator=torch.Generator().manual_seed(4)),
+         "attention_mask": torch.ones(2, 8, dtype=torch.long)}
+    config = [{"op_types": ["Linear"], "op_names_re": [r"bert\.encoder\..*attention\.self\.(query|key|value)"],
+               "sparse_ratio": 0.5, "granularity": "out_channel"}]
+    pruner = MovementPruner(model, config, TransformersEvaluator(trainer), 1, 3, dummy_input=x)
+    _, masks = pruner.compress(max_steps=4)
+    for layer in ("bert.encoder.layer.0", "bert.encoder.layer.1"):
+        heads = masks[f"{layer}.attention.self.query"]["bias"].reshape(4, 8)  # 4 heads of 8 channels
+        assert heads.all(1).sum() == 2 and (heads.all(1) | ~heads.any(1)).all()  # 2 whole heads kept
+        for name in ("key", "value"):
+            assert torch.equal(masks[f"{layer}.attention.self.{name}"]["bias"], heads.reshape(-1))
+        assert torch.equal(masks[f"{layer}.attention.output.dense"]["weight"][0], heads.reshape(-1))
+    model.eval()
+    with torch.no_grad():
+        masked = model(**x).logits
+    ModelSpeedup(model, x, masks).speedup_model()
+    assert model.bert.encoder.layer[0].attention.self.query.out_features == 16
+    with torch.no_grad():
+        assert torch.allclose(model(**x).logits, masked, rtol=1e-4, atol=1e-5)

@@ -194,10 +194,10 @@ class MovementPruner(Pruner):
             for i, config in enumerate(config_list):
                 if isinstance(config, Mapping) and config.get("granularity") == "head":
                     raise ValueError(
-                        f"config_list[{i}]: {name} cannot prune whole attention heads ('granularity' 'head') yet: "
-                        f"that needs the head groups of a dummy_input trace, which secateurs does not have. Use "
-                        f"element units (leave out 'granularity'), a block shape such as [32, 32], 'out_channel' "
-                        f"or 'in_channel'.")
+                        f"config_list[{i}]: {name} has no 'granularity' 'head'. To prune whole attention heads, "
+                        f"select the query, key and value projections with 'granularity' 'out_channel' and give "
+                        f"dummy_input: the trace couples the channels of each head, so a head is scored (the sum "
+                        f"of its channels' scores) and pruned as one unit.")
         super().__init__(model, config_list, dummy_input=dummy_input if dummy_input is not None
                          else evaluator.dummy_input)
         for s in self.settings.values():
