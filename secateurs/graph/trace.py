@@ -238,6 +238,7 @@ class Tracer:
         self.pending: dict[int, tuple[torch.Tensor, list[tuple[Ids, str]]]] = {}  # fixed once the tensor is read
         self.head_sizes: list[tuple[str, int, Ids, str]] = []  # module, a number given for heads, their ids, op
         self.shape_sizes: dict[str, set[int]] = {}  # module -> head counts it read off tensor shapes
+        self._by_name: tuple[dict[str, nn.Module], dict[str, set[str]]] | None = None  # for finish()
 
     # -- variables -----------------------------------------------------------------------
     def fresh(self, n: int) -> Ids:
@@ -519,8 +520,10 @@ class Tracer:
     def _int_values(self, module: str, fixed: bool = False) -> set[int]:
         """The values of the integer attributes of ``module`` its forward read (with
         ``fixed``, also those its class says never follow pruning)."""
-        owner = dict(self.model.named_modules()).get(module)
-        names = self._reads_by_name().get(module, set())
+        if self._by_name is None:
+            self._by_name = dict(self.model.named_modules()), self._reads_by_name()
+        owner = self._by_name[0].get(module)
+        names = self._by_name[1].get(module, set())
         if fixed:
             names = names | set(getattr(type(owner), "fixed_sizes", ()))
         return {v for a in names if type(v := getattr(owner, a, None)) is int}
@@ -775,7 +778,8 @@ def trace_channels(
         if family is None:
             handles.append(m.register_forward_pre_hook(enter(name)))
             handles.append(m.register_forward_hook(leave, always_call=True))
-            watched[m] = type(m)
+            if not isinstance(m, torch.jit.ScriptModule):
+                watched[m] = type(m)
             continue
         if record_inputs:
             handles.append(m.register_forward_pre_hook(_stats_hook(stats, name, family, tracer)))
@@ -788,10 +792,13 @@ def trace_channels(
     modes = {m: m.training for m in model.modules()}
     classes: dict[type, type] = {}
     try:
-        for m, cls in watched.items():
-            if cls not in classes:
-                classes[cls] = _reading_class(cls, tracer.reads)
-            m.__class__ = classes[cls]
+        for m, cls in list(watched.items()):
+            try:
+                if cls not in classes:
+                    classes[cls] = _reading_class(cls, tracer.reads)
+                m.__class__ = classes[cls]
+            except TypeError:  # a class that cannot be subclassed so: its reads stay unknown (heads kept)
+                del watched[m]
         model.eval()
         with torch.no_grad(), _Recorder(tracer), no_gc():
             try:
