@@ -40,5 +40,5 @@ bench-venv: .venv-bench/.installed .venv-nni210/.installed
 
 .venv-nni210/.installed:
 	$(PYTHON) -m venv .venv-nni210
-	.venv-nni210/bin/pip install --quiet torch==2.14.1 nni==2.10 tensorboard safetensors
+	.venv-nni210/bin/pip install --quiet torch==2.14.1 torchvision==0.29.1 nni==2.10 tensorboard safetensors
 	touch $@

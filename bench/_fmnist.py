@@ -8,13 +8,27 @@ tensors). Nothing here imports secateurs or nni.
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import resource
+import subprocess
 
 from torch import nn
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 INSTALL_HINT = "apt-get update && apt-get install -y dataset-fashion-mnist"
+
+
+def run_worker(python: str, script: str, args: list[str], cwd: str) -> dict:
+    """Run ``script --worker ARGS`` with another venv's ``python``; its result is the JSON on its last
+    ``RESULT`` line. A failure raises RuntimeError with the last line of its output first."""
+    proc = subprocess.run([python, script, "--worker", *args], capture_output=True, text=True, cwd=cwd, check=False)
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    lines = [ln for ln in (proc.stderr or proc.stdout).strip().splitlines() if ln.strip()]
+    head = lines[-1] if lines else "no output"
+    raise RuntimeError(f"exit {proc.returncode}: {head}\n" + "\n".join(lines[-25:]))
 
 
 def read_idx(path: str):

@@ -36,7 +36,6 @@ import functools
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -461,13 +460,7 @@ def expected_steps(method: str, b: dict) -> int:
 
 
 def _worker(python: str, args: list[str]) -> dict:
-    proc = subprocess.run([python, os.path.abspath(__file__), "--worker", *args], capture_output=True, text=True,
-                          cwd=ROOT, check=False)
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
-    lines = [ln for ln in (proc.stderr or proc.stdout).strip().splitlines() if ln.strip()]
-    raise RuntimeError(f"exit {proc.returncode}: " + (lines[-1] if lines else "no output") + "\n" + "\n".join(lines[-25:]))
+    return fm.run_worker(python, os.path.abspath(__file__), args, ROOT)
 
 
 def _ms(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
