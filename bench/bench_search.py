@@ -385,7 +385,7 @@ def _worker(python: str, args: list[str]) -> dict:
     return fm.run_worker(python, os.path.abspath(__file__), args, ROOT)
 
 
-def cells(models: list[str], seeds: list[int], nni_seeds: list[int]) -> list[tuple]:
+def cells(models: list[str], seeds: list[int], nni_seeds: dict[str, list[int]]) -> list[tuple]:
     """(lib, method, model, ratio, seed) in run order: per seed and budget, the methods in a rotated
     order, NNI's cells interleaved with ours."""
     out = []
@@ -393,7 +393,7 @@ def cells(models: list[str], seeds: list[int], nni_seeds: list[int]) -> list[tup
         for model_name in models:
             for ratio in RATIOS:
                 row = [("secateurs", m) for m in METHODS]
-                if seed in nni_seeds:
+                if seed in nni_seeds[model_name]:
                     row = [c for pair in zip(row, [("nni210", m) for m in NNI_METHODS] + [None]) for c in pair if c]
                 k = seed % len(row)
                 out += [(lib, m, model_name, ratio, seed) for lib, m in row[k:] + row[:k]]
@@ -509,7 +509,8 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--models", nargs="+", default=["cnn", "resnet18"], choices=["cnn", "resnet18"])
     ap.add_argument("--quick", action="store_true", help="seed 0, CNN, tiny budgets, no docs")
     ap.add_argument("--no-nni", action="store_true", help="skip NNI 2.10's cells")
-    ap.add_argument("--nni-seeds", type=int, nargs="+", default=None, help="NNI 2.10's cells for these seeds only")
+    ap.add_argument("--nni-resnet18-seeds", type=int, nargs="+", default=None,
+                    help="NNI 2.10's resnet18 cells for these seeds only (default: every seed)")
     ap.add_argument("--no-docs", action="store_true", help="do not write docs/benchmarks.md")
     ap.add_argument("--jobs", type=int, default=1, help="cells at a time")
     args = ap.parse_args(argv)
@@ -565,7 +566,8 @@ def main(argv: list[str]) -> None:
               f"evals {r['evaluations']} search {r['search_s']:.0f} s [{time.perf_counter() - t0:.0f} s wall]",
               flush=True)
 
-    nni_seeds = ([] if not nni else seeds if args.nni_seeds is None else args.nni_seeds)
+    nni_seeds = {"cnn": seeds if nni else [],
+                 "resnet18": [] if not nni else seeds if args.nni_resnet18_seeds is None else args.nni_resnet18_seeds}
     todo = [c for c in cells(models, seeds, nni_seeds) if "|".join(map(str, c)) not in results]
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(one, todo))
