@@ -10,7 +10,9 @@ Steps (see :mod:`.plan`, :mod:`.apply`, :mod:`.verify`):
 3. plan which groups go (only what removes exactly; the rest is kept and reported);
 4. detach the masks and apply in place: each parameter is sliced, then its kept part is
    masked; parameters keep their identity (``p.data`` is replaced), buffers and
-   module attributes follow, the optimizer's state is sliced with its parameters;
+   module attributes follow (layer sizes, and the head counts, widths and ``split``
+   sizes an attention module's forward computes with: see :func:`.apply.follow_sizes`),
+   the optimizer's state is sliced with its parameters;
 5. verify against the reference; on a difference beyond ``tolerance`` every change is
    undone (masks re-attached) and ``RuntimeError`` says how far apart they were.
 """
