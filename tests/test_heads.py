@@ -495,3 +495,21 @@ def test_llama_grouped_query_attention_loses_whole_groups_or_keeps_them(heads, k
     assert attention.q_proj.out_features == (8 * heads // 2 if pruned else 8 * heads)
     assert model.layers[0].mlp.gate_proj.out_features == 32
     assert_close(call(model, example)[0], expected, "llama")
+
+
+def test_t5_heads_go_and_an_attribute_that_only_shares_their_width_stays():
+    torch.manual_seed(0)
+    # 32 relative-position buckets: the same number as the width of all heads (4 x 8)
+    config = transformers.T5Config(vocab_size=50, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                                   relative_attention_num_buckets=32)
+    model = randomise(transformers.T5EncoderModel(config))
+    example = _tokens(2, 7, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, masks = L1NormPruner(model, [{"op_types": ["Linear"], "sparse_ratio": 0.5}], dummy_input=example).compress()
+    masked = copy.deepcopy(model)
+    ModelSpeedup(model, example, masks).speedup_model()
+    attention = model.encoder.block[0].layer[0].SelfAttention
+    assert (attention.n_heads, attention.relative_attention_num_buckets, attention.q.out_features) == (2, 32, 16)
+    other = _tokens(3, 5, 1)
+    assert_close(call(model, other)[0], call(masked, other)[0], "t5")

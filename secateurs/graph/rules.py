@@ -361,12 +361,16 @@ def rule_expand(tr: Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> N
         return
     x = args[0]
     shift = out.dim() - x.dim()
+    sizes = args[1] if len(args) == 2 and not isinstance(args[1], (int, torch.Tensor)) else args[1:]
+    given = list(sizes) if name == "expand" and all(type(v) is int for v in sizes) else []
     result = {}
     for d, ids in (tr.get(x) or {}).items():
         if out.shape[d + shift] != x.shape[d]:
             tr.fix(ids, f"'{name}' repeats channels")
             continue
         result[d + shift] = ids
+        if len(given) == out.dim() and given[d + shift] >= 0:  # a head count given to expand must follow
+            tr.given_for_heads(name, given[d + shift], ids)
     tr.set(out, result)
 
 

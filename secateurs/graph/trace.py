@@ -144,7 +144,9 @@ class ChannelGraph:
         heads: every split of channels into attention heads (:class:`HeadSplit`) whose
             heads may be pruned.
         sizes: integers of modules that follow pruning (:class:`SizeSite`), heads included.
-        int_reads: module name -> the integer attributes its forward read.
+        int_reads: module name -> the integer attributes its forward read and gave, as a
+            number, to an op as the size of a dim that carries heads (a head count in a
+            ``view``, a merged width, a ``split`` size): those follow pruning.
     """
 
     n_vars: int
@@ -511,7 +513,23 @@ class Tracer:
         sizes += [SizeSite(m, size, parts[0]) for m, size, parts, _, _ in self.splits]
         return ChannelGraph(n, component, fixed, self.tensors, self.modules, reason_of, list(reasons),
                             dict(self.unknown), rules_used=self.rules_used, output_ids=output_ids,
-                            heads=heads, sizes=sizes, int_reads=self._reads_by_name())
+                            heads=heads, sizes=sizes, int_reads=self._size_reads())
+
+    def _size_reads(self) -> dict[str, set[str]]:
+        """Per module, the attributes it read whose values it gave to ops as sizes of heads
+        (an attribute read for another purpose with the same value, say a number of
+        buckets, is left alone)."""
+        given: dict[str, set[int]] = {}
+        for h in self.heads:
+            if h.literal:
+                given.setdefault(h.module, set()).add(h.heads)
+        for m, value, _, _ in self.head_sizes:
+            given.setdefault(m, set()).add(value)
+        for m, size, _, _, _ in self.splits:
+            given.setdefault(m, set()).add(size)
+        modules = dict(self.model.named_modules())
+        return {m: {a for a in names if getattr(modules[m], a, None) in given.get(m, set())}
+                for m, names in self._reads_by_name().items()}
 
     def _reads_by_name(self) -> dict[str, set[str]]:
         modules = {id(m): n for n, m in self.model.named_modules()}
