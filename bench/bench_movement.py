@@ -418,6 +418,8 @@ def report(results: dict, errors: dict, dense: dict, seeds: list[int], b: dict, 
         compile_note = f"Compiled pruned model vs eager pruned model, largest |logit difference|: {max(diffs):.2e}."
     failures = "\n".join(f"- {k}: `{v.splitlines()[0][:300]}`" for k, v in sorted(errors.items()))
     cmd = "--quick" if quick else f"--seeds {' '.join(map(str, seeds))}"
+    if not quick and structured_seeds != seeds[:1]:
+        cmd += f" --structured-seeds {' '.join(map(str, structured_seeds))}"
     b_seeds = sorted({x["seed"] for x in results.values() if x.get("method", "").startswith("s-")})
     return f"""## Movement pruning of all-MiniLM-L6-v2 on Rotten Tomatoes
 
