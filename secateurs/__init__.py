@@ -5,6 +5,7 @@ from .analysis import count_flops_params
 from .config import ModuleSetting
 from .masks import attach_masks, detach_masks, get_masks, load_masks, save_masks
 from .evaluators import Evaluator, TorchEvaluator
+from .layers import SplitMultiheadAttention, split_multihead_attention
 from .pruners import (
     ActivationAPoZRankPruner,
     AutoCompressPruner,
@@ -60,6 +61,8 @@ __all__ = [
     "LotteryTicketPruner",
     "MovementPruner",
     "SimulatedAnnealingPruner",
+    "SplitMultiheadAttention",
+    "split_multihead_attention",
     "ModelSpeedup",
     "ModuleSetting",
     "Pruner",

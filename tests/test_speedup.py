@@ -587,7 +587,7 @@ def test_reusing_the_pruners_trace_gives_the_same_model_as_tracing_again():
 
 
 @pytest.mark.parametrize("arch", ["bert", "gpt2"])
-def test_hugging_face_models_lose_ffn_neurons_exactly_and_keep_attention_by_name(arch):
+def test_hugging_face_models_lose_half_their_heads_and_ffn_neurons_exactly(arch):
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     if arch == "bert":
@@ -600,7 +600,7 @@ def test_hugging_face_models_lose_ffn_neurons_exactly_and_keep_attention_by_name
         model, types = transformers.GPT2LMHeadModel(config).eval(), ["Conv1D"]
         x = {"input_ids": torch.randint(0, 50, (2, 7)), "use_cache": False}
     params = sum(p.numel() for p in model.parameters())
-    with pytest.warns(UserWarning, match="split|view"):  # the attention projections are kept, named
+    with pytest.warns(UserWarning, match="layer norm"):  # the residual stream's outputs are kept, named
         _, masks = L1NormPruner(model, [{"op_types": types, "sparse_ratio": 0.5}], dummy_input=x).compress()
     with torch.no_grad():
         expected = model(**x)[0]
@@ -612,3 +612,5 @@ def test_hugging_face_models_lose_ffn_neurons_exactly_and_keep_attention_by_name
     assert sum(p.numel() for p in model.parameters()) < params
     ffn = model.encoder.layer[0].intermediate.dense if arch == "bert" else model.transformer.h[0].mlp.c_fc
     assert (ffn.out_features if arch == "bert" else ffn.nf) == (32 if arch == "bert" else 64)  # half the FFN neurons
+    attention = model.encoder.layer[0].attention.self if arch == "bert" else model.transformer.h[0].attn
+    assert (attention.num_attention_heads if arch == "bert" else attention.num_heads) == 2  # half the heads
