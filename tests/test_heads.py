@@ -10,6 +10,7 @@ ModelSpeedup what the masked model computed, also on inputs of other shapes with
 from __future__ import annotations
 
 import copy
+import json
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -19,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from secateurs import L1NormPruner, ModelSpeedup, count_flops_params
+from secateurs import L1NormPruner, ModelSpeedup, count_flops_params, load_pruned_model, save_pruned_model
 from secateurs.graph import trace_channels
 from secateurs.layers import SplitMultiheadAttention, split_multihead_attention
 
@@ -272,7 +273,7 @@ def test_half_the_heads_and_ffn_neurons_go_exactly(form):
     assert new_params < params and new_macs < macs
 
 
-def test_hugging_face_widths_follow_and_the_shared_config_does_not():
+def test_hugging_face_widths_follow_and_the_shared_config_tells_the_sizes_it_can_express():
     model = build(BY_ID["bert"])
     example = _tokens(2, 5, 1)
     with warnings.catch_warnings():
@@ -282,7 +283,40 @@ def test_hugging_face_widths_follow_and_the_shared_config_does_not():
     attention = model.encoder.layer[0].attention.self
     assert (attention.num_attention_heads, attention.attention_head_size, attention.all_head_size) == (2, 8, 16)
     assert model.encoder.layer[0].intermediate.dense.out_features == 32
-    assert model.config.num_attention_heads == 4 and attention.config is model.config
+    assert attention.config is model.config
+    # Every layer now has 32 FFN neurons: the shared config says so, and builds those shapes. BERT's config
+    # cannot say "2 heads of 8" at hidden size 32 (it derives the head width), so the heads are recorded.
+    assert (model.config.num_attention_heads, model.config.intermediate_size) == (4, 32)
+    assert model.config.secateurs_sizes == {"num_attention_heads": {f"encoder.layer.{i}.attention.self": 2
+                                                                    for i in range(2)}}
+    fresh = type(model)(copy.deepcopy(model.config))
+    assert fresh.encoder.layer[1].intermediate.dense.weight.shape == model.encoder.layer[1].intermediate.dense.weight.shape
+
+
+def test_sizes_the_layers_disagree_on_are_recorded_per_layer_in_the_config(tmp_path):
+    model = build(BY_ID["bert"])
+    example = _tokens(2, 5, 1)
+    layer0 = [f"encoder.layer.0.attention.self.{p}" for p in ("query", "key", "value")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, masks = L1NormPruner(model, [{"op_names": layer0 + ["encoder.layer.1.intermediate.dense"],
+                                         "sparse_ratio": 0.5}], dummy_input=example).compress()
+        speedup = ModelSpeedup(model, example, masks)
+        speedup.speedup_model()
+    record = {"num_attention_heads": {"encoder.layer.0.attention.self": 2, "encoder.layer.1.attention.self": 4},
+              "intermediate_size": {"encoder.layer.0.intermediate.dense": 64, "encoder.layer.1.intermediate.dense": 32}}
+    assert (model.config.num_attention_heads, model.config.intermediate_size) == (4, 64)  # the dense values stay
+    assert model.config.secateurs_sizes == record == speedup.report.config["secateurs_sizes"]
+    assert json.loads(model.config.to_json_string())["secateurs_sizes"] == record  # save_pretrained writes it
+    # A fresh model from the original config loads the file: per-layer sizes, record and outputs.
+    save_pruned_model(model, tmp_path / "bert.safetensors")
+    fresh = load_pruned_model(build(BY_ID["bert"]), tmp_path / "bert.safetensors").eval()
+    assert fresh.encoder.layer[0].attention.self.num_attention_heads == 2
+    assert fresh.encoder.layer[1].attention.self.num_attention_heads == 4
+    assert fresh.config.secateurs_sizes == record
+    other = _tokens(3, 6, 2)
+    with torch.no_grad():
+        assert torch.allclose(fresh(**other).last_hidden_state, model.eval()(**other).last_hidden_state, atol=1e-6)
 
 
 def test_gpt2_split_size_follows_and_embed_dim_stays():

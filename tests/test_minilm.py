@@ -67,7 +67,10 @@ def test_half_the_heads_and_neurons_of_pretrained_minilm_go_and_the_model_comput
         assert (attention.num_attention_heads, attention.attention_head_size) == (HEADS // 2, HEAD_DIM)
         assert attention.all_head_size == attention.query.out_features == HEADS // 2 * HEAD_DIM
         assert layer.intermediate.dense.out_features == FFN // 2
-    assert model.config.num_attention_heads == HEADS
+    # Every layer kept half its FFN: the config says so; its head count (BERT derives the head width from it)
+    # stays, and the 6 heads per layer are recorded beside it.
+    assert (model.config.num_attention_heads, model.config.intermediate_size) == (HEADS, FFN // 2)
+    assert set(model.config.secateurs_sizes["num_attention_heads"].values()) == {HEADS // 2}
     with torch.no_grad():
         expected = masked(**real).last_hidden_state
         sped_up = model(**real).last_hidden_state

@@ -34,6 +34,7 @@ from ..graph import ChannelGraph, call_with, example_signature, measure_inputs, 
 from ..layers import LAYERS
 from ..masks import attach_masks, check_masks, detach_masks, get_masks
 from ..targets import original_parameter
+from . import config_sizes
 from .apply import Undo, apply_plan
 from .plan import plan_removal
 from .verify import compare_outputs
@@ -53,6 +54,8 @@ class SpeedupReport:
         kept: masked channels that stay, with why.
         folded: consumers whose bias took the constant of removed channels.
         not_shrunk: masked layers that could not be shrunk, with why.
+        config: a Hugging Face config's size attributes that changed (the layers agree on
+            them) and ``secateurs_sizes``, the per-layer values of those they do not agree on.
     """
 
     removed: dict[str, int] = field(default_factory=dict)
@@ -65,6 +68,7 @@ class SpeedupReport:
     kept: list[str] = field(default_factory=list)
     folded: list[str] = field(default_factory=list)
     not_shrunk: list[str] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
 
     def __str__(self) -> str:
         lines = [
@@ -200,6 +204,7 @@ class ModelSpeedup:
     def _shrink(self, undo: Undo) -> None:
         """Steps 1-5 of the module docstring; every change to the model is logged in ``undo``."""
         model, report = self.model, self.report
+        before = config_sizes.snapshot(model)
         masked = _attach_given(model, self.masks, undo)
         graph = self._reusable_trace(model)
         if graph is not None:
@@ -213,6 +218,7 @@ class ModelSpeedup:
         report.folded = [f"{f.module}: bias took the constant of {f.channels} removed input channel(s)"
                          for f in plan.folds]
         report.removed = apply_plan(model, graph, plan, undo, masked, self.optimizer)
+        self._update_config(before, undo)
         if not self.verify:
             return
         modes = {m: m.training for m in model.modules()}
@@ -239,6 +245,15 @@ class ModelSpeedup:
                 f"or exclude the layers named below.\n{report}"
             )
 
+
+    def _update_config(self, before: dict | None, undo: Undo) -> None:
+        """A Hugging Face config's size attributes follow the layers (verified with them)."""
+        config = getattr(self.model, "config", None)
+        if before is None or config is None:
+            return
+        old = dict(vars(config))
+        undo.add(lambda: (vars(config).clear(), vars(config).update(old)))
+        self.report.config = config_sizes.update_config(self.model, before)
 
     def _reusable_trace(self, model: nn.Module) -> ChannelGraph | None:
         """A copy of the pruner's channel graph when it still describes this model and this

@@ -14,11 +14,13 @@ import os
 
 import torch
 import torch.nn as nn
+from safetensors import safe_open
 from safetensors.torch import load_model, save_model
 
 from .._files import read_tagged
 from ..targets import module_type_name
 from ..layers import LAYERS
+from .config_sizes import config_sizes, restore_config_sizes
 
 _FORMAT = "secateurs.pruned-model/1"
 
@@ -52,7 +54,8 @@ def save_pruned_model(model: nn.Module, path: str | os.PathLike) -> None:
 
     if get_masks(model):
         raise ValueError("save_pruned_model: the model still has masks attached; run ModelSpeedup or unwrap_model first.")
-    meta = {"format": _FORMAT, "modules": json.dumps(_describe(model))}
+    meta = {"format": _FORMAT, "modules": json.dumps(_describe(model)),
+            "config_sizes": json.dumps(config_sizes(model))}
     save_model(model, os.fspath(path), metadata=meta)
 
 
@@ -95,6 +98,13 @@ def load_pruned_model(model: nn.Module, path: str | os.PathLike) -> nn.Module:
                 # A bias the speedup created (folding into a bias=False layer) fills the empty slot.
                 store[key] = nn.Parameter(new, requires_grad=like.requires_grad) if kind == "parameters" else new
     missing, unexpected = load_model(model, path, strict=False)
+    with safe_open(path, framework="pt") as f:  # a Hugging Face config's pruned sizes (absent in older files)
+        sizes = (f.metadata() or {}).get("config_sizes")
+    if sizes is not None:
+        try:
+            restore_config_sizes(model, json.loads(sizes))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path!r} has a damaged 'config_sizes' entry: {err}") from None
     if missing or unexpected:
         raise ValueError(f"{path!r} does not fit the model: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}.")
     return model
