@@ -442,8 +442,8 @@ def report(results: dict, errors: dict, dense: dict, models: list[str], seeds: l
                     errs = [errors[k] for s in seeds if (k := f"{lib}|{method}|{model_name}|{ratio}|{s}") in errors]
                     name = "secateurs" if lib == "secateurs" else "NNI 2.10"
                     if not rs:
-                        why = errs[0].splitlines()[0][:120] if errs else "not run"
-                        lines.append(f"| {ratio:.0%} | {LABEL[method]} | {name} | failed: {why} | | | | | | |")
+                        why = f"failed: {errs[0].splitlines()[0][:120]}" if errs else "not run"
+                        lines.append(f"| {ratio:.0%} | {LABEL[method]} | {name} | {why} | | | | | | |")
                         continue
                     note = f" ({len(rs)} seeds)" if len(rs) != len(seeds) else ""
                     cols = [_ms([100 * r["acc"] for r in rs]) + note,
@@ -513,6 +513,10 @@ def main(argv: list[str]) -> None:
                     help="NNI 2.10's resnet18 cells for these seeds only (default: every seed)")
     ap.add_argument("--no-docs", action="store_true", help="do not write docs/benchmarks.md")
     ap.add_argument("--jobs", type=int, default=1, help="cells at a time")
+    ap.add_argument("--report-only", action="store_true",
+                    help="run nothing: write the section from the cells already in results.json (of this revision, "
+                         "or of --revision)")
+    ap.add_argument("--revision", default=None, help="with --report-only: the revision whose cells to report")
     args = ap.parse_args(argv)
     from bench_foundation import revision, write_section
 
@@ -520,7 +524,7 @@ def main(argv: list[str]) -> None:
     models = ["cnn"] if args.quick else args.models
     mode = "quick" if args.quick else "full"
     nni = not args.no_nni and os.path.exists(PY["nni210"])
-    rev = revision()
+    rev = args.revision if args.report_only and args.revision else revision()
     os.makedirs(OUT, exist_ok=True)
     if not os.path.exists(os.path.join(OUT, "data", "test_y.npy")):
         fm.write_npy(os.path.join(OUT, "data"), N_TRAIN + N_VAL)
@@ -538,6 +542,8 @@ def main(argv: list[str]) -> None:
     def one_dense(key):
         model_name, seed = key
         p = _paths(model_name, seed, args.quick)
+        if args.report_only and not os.path.exists(p["info"]):
+            return
         if not (os.path.exists(p["info"]) and os.path.exists(p["dense"])):
             _worker(PY["secateurs"], ["dense", model_name, str(seed), mode])
         with open(p["info"]) as f:
@@ -569,10 +575,14 @@ def main(argv: list[str]) -> None:
     nni_seeds = {"cnn": seeds if nni else [],
                  "resnet18": [] if not nni else seeds if args.nni_resnet18_seeds is None else args.nni_resnet18_seeds}
     todo = [c for c in cells(models, seeds, nni_seeds) if "|".join(map(str, c)) not in results]
+    if args.report_only:
+        todo = []
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(one, todo))
     print(f"all cells: {time.perf_counter() - t_all:.0f} s", flush=True)
-    command = " ".join([".venv/bin/python bench/bench_search.py", *argv])
+    shown = [a for i, a in enumerate(argv) if a != "--report-only" and a != "--revision"
+             and not (i and argv[i - 1] == "--revision")]  # the command that ran the cells
+    command = " ".join([".venv/bin/python bench/bench_search.py", *shown])
     text = report(results, errors, dense, models, seeds, args.quick, rev, command)
     print(text)
     if args.quick or args.no_docs:
