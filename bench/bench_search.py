@@ -544,7 +544,7 @@ def main(argv: list[str]) -> None:
         p = _paths(model_name, seed, args.quick)
         if args.report_only and not os.path.exists(p["info"]):
             return
-        if not (os.path.exists(p["info"]) and os.path.exists(p["dense"])):
+        if not args.report_only and not (os.path.exists(p["info"]) and os.path.exists(p["dense"])):
             _worker(PY["secateurs"], ["dense", model_name, str(seed), mode])
         with open(p["info"]) as f:
             dense[key] = json.load(f)
