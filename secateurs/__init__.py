@@ -26,6 +26,7 @@ from .pruners import (
     TaylorFOWeightPruner,
     UnprunedWarning,
 )
+from .oneshot import PruneReport, prune
 from .report import SparsityReport, sparsity_report
 from .speedup import ModelSpeedup, SpeedupReport, load_pruned_model, save_pruned_model
 
@@ -66,6 +67,7 @@ __all__ = [
     "ModelSpeedup",
     "ModuleSetting",
     "Pruner",
+    "PruneReport",
     "SparsityReport",
     "SpeedupReport",
     "attach_masks",
@@ -74,6 +76,7 @@ __all__ = [
     "get_masks",
     "load_masks",
     "load_pruned_model",
+    "prune",
     "save_masks",
     "save_pruned_model",
     "sparsity_report",

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import warnings
 
 from ._load import CommandFailed, UsageError
 
@@ -40,6 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command; returns the exit status: 0 done, 1 failed, 2 bad usage or input."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    command = args.command
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        # A warning is one line about the user's model, not a pointer into our source.
+        print(f"secateurs {command}: warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = show
     try:
         return args.func(args)
     except UsageError as err:
@@ -55,6 +64,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print(f"secateurs {args.command}: interrupted", file=sys.stderr)
+        return 1
+    except Exception as err:  # noqa: BLE001 - one line, not a traceback, unless asked for
+        if os.environ.get("SECATEURS_TRACEBACK"):
+            raise
+        first = (str(err).strip().splitlines() or [""])[0]
+        print(f"secateurs {args.command}: failed: {type(err).__name__}: {first} "
+              "(SECATEURS_TRACEBACK=1 shows the traceback)", file=sys.stderr)
         return 1
 
 

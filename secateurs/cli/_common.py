@@ -14,6 +14,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ._load import LoadedModel, UsageError, load_model
 
 EPILOG_FORMATTER = argparse.RawDescriptionHelpFormatter
@@ -35,10 +37,13 @@ def add_model_arguments(parser: argparse.ArgumentParser, positional: bool = True
                         help="example input shape, such as 1,3,224,224 (default: the model's known one)")
     parser.add_argument("--input", metavar="module:function", dest="input_factory",
                         help="a function returning the example input (a tensor, tuple or dict)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="torch.manual_seed before the model is built (default 0): random weights repeat")
 
 
 def model_from_args(args: argparse.Namespace, spec: str | None = None) -> LoadedModel:
     stage(args, f"loading {spec or args.model}")
+    torch.manual_seed(args.seed)
     return load_model(spec or args.model, args.weights, args.input_shape, args.input_factory)
 
 

@@ -200,6 +200,7 @@ def _hf(path: str) -> nn.Module:
         import transformers
     except ImportError:
         raise UsageError("hf:... models need transformers (pip install transformers).") from None
+    transformers.utils.logging.disable_progress_bar()  # the command shows its own progress
     config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
     cls = transformers.AutoModel
     for arch in getattr(config, "architectures", None) or []:
@@ -321,6 +322,13 @@ def load_model(spec: str, weights: str | None = None, input_shape: str | None = 
     if ":" not in spec:
         raise UsageError(f"MODEL {spec!r} is not torchvision:NAME, timm:NAME, hf:PATH, file.py:factory, "
                          "package.module:factory, or an existing folder.")
+    kind = spec.partition(":")[0]
+    if kind not in ("torchvision", "timm", "hf"):
+        where, _ = split_callable_spec(spec)
+        if (where.endswith(".py") or os.sep in where) and not Path(where).is_file():
+            raise UsageError(f"model factory {spec!r}: no such file {where!r}.")
+    elif kind == "hf" and not (Path(spec[3:]) / "config.json").is_file():
+        raise UsageError(f"{spec}: not a Hugging Face model folder (no config.json in {spec[3:]!r}).")
     source = {"model": absolute_spec(spec), "weights": str(Path(weights).resolve()) if weights else None,
               "input": {"shape": list(parse_shape(input_shape)) if input_shape else None,
                         "factory": absolute_spec(input_factory) if input_factory else None}}
@@ -328,7 +336,29 @@ def load_model(spec: str, weights: str | None = None, input_shape: str | None = 
     if example is None:
         raise UsageError(f"{spec!r} has no known example input: give --input-shape (such as 1,3,224,224) "
                          "or --input module:function.")
+    check_runs(model, example, spec)
     return LoadedModel(model, example, source)
+
+
+def describe_input(example: Any) -> str:
+    if isinstance(example, torch.Tensor):
+        return "x".join(map(str, example.shape))
+    if isinstance(example, dict):
+        return ", ".join(f"{k}: {describe_input(v)}" for k, v in example.items())
+    if isinstance(example, (tuple, list)):
+        return "(" + ", ".join(describe_input(v) for v in example) + ")"
+    return type(example).__name__
+
+
+def check_runs(model: nn.Module, example: Any, spec: str) -> None:
+    """The model must run on its example input before anything else is done with it."""
+    try:
+        with torch.no_grad():
+            call_model(model, example)
+    except Exception as err:  # noqa: BLE001 - any failure here is a wrong input for this model
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise UsageError(f"{spec!r} does not run on the example input ({describe_input(example)}): "
+                         f"{type(err).__name__}: {first}; give the right --input-shape or --input.") from None
 
 
 def _load_folder(folder: Path, weights: str | None, input_shape: str | None,
@@ -360,6 +390,7 @@ def _load_folder(folder: Path, weights: str | None, input_shape: str | None,
         raise UsageError(f"{str(folder / MANIFEST)!r}: unknown state {state!r}.")
     masks = load_masks(folder / MASKS_FILE) if (folder / MASKS_FILE).is_file() else None
     model.eval()
+    check_runs(model, example, str(folder))
     source["weights"] = manifest["source"].get("weights")
     return LoadedModel(model, example, source, state=state, masks=masks, folder=folder)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .._registry import PRUNERS
-from ._common import EPILOG_FORMATTER, add_output_options, emit, table
+from ._common import EPILOG_FORMATTER, add_output_options, emit
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -25,30 +25,25 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+def masks_rows(masks) -> list[dict]:
+    """One row per mask: module, target, shape, pruned count, numel, pruned fraction."""
+    rows = []
+    for module_name, targets in masks.items():
+        for target, mask in targets.items():
+            pruned = mask.numel() - int(mask.count_nonzero())
+            rows.append({"module": module_name, "target": target, "shape": list(mask.shape), "pruned": pruned,
+                         "numel": mask.numel(), "sparsity": pruned / mask.numel() if mask.numel() else 0.0})
+    return rows
+
+
 def _masks(args: argparse.Namespace) -> int:
     from ..masks import load_masks
 
-    masks = load_masks(args.path)
-    rows = []
-    for module_name, targets in masks.items():
-        for target, mask in targets.items():
-            pruned = mask.numel() - int(mask.count_nonzero())
-            rows.append({"tensor": f"{module_name}.{target}", "shape": list(mask.shape),
-                         "pruned": pruned, "numel": mask.numel(),
-                         "sparsity": pruned / mask.numel() if mask.numel() else 0.0})
-    text = "\n".join(f"{r['tensor']}  {'x'.join(map(str, r['shape']))}  {r['sparsity']:.2%} pruned" for r in rows)
+    rows = masks_rows(load_masks(args.path))
+    text = "\n".join(f"{r['module']}.{r['target']}  {'x'.join(map(str, r['shape']))}  {r['sparsity']:.2%} pruned"
+                     for r in rows)
     emit(args, text, rows)
     return 0
-
-
-def masks_table(masks) -> str:
-    rows = []
-    for module_name, targets in masks.items():
-        for target, mask in targets.items():
-            pruned = mask.numel() - int(mask.count_nonzero())
-            rows.append((module_name, target, "x".join(map(str, mask.shape)),
-                         f"{pruned / mask.numel():.2%}" if mask.numel() else "-"))
-    return table(("module", "target", "shape", "pruned"), rows, right=(3,))
 
 
 def register(sub: argparse._SubParsersAction) -> None:
