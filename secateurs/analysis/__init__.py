@@ -1,5 +1,6 @@
-"""Model analysis: FLOPs (multiply-accumulates) and parameter counts."""
+"""Model analysis: FLOPs (multiply-accumulates), parameter counts, and per-layer pruning sensitivity."""
 
 from .flops import count_flops_params
+from .sensitivity import SensitivityResult, sensitivity
 
-__all__ = ["count_flops_params"]
+__all__ = ["SensitivityResult", "count_flops_params", "sensitivity"]
