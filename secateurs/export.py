@@ -268,7 +268,8 @@ def export_onnx(model: nn.Module, example: Any, path: str | os.PathLike, *, opse
                                f"{max_abs:.3g} absolute), more than the tolerance {tolerance:g}.")
         del session
     return {"path": str(path), "exporter": used, "opset": written, "max_abs_diff": max_abs,
-            "max_rel_diff": max_rel, "inputs": names, "batch_sizes_checked": [_batch_size_or_none(x) for x in checks]}
+            "max_rel_diff": max_rel, "inputs": names, "fallback_reason": "; ".join(failures) or None,
+            "batch_sizes_checked": [_batch_size_or_none(x) for x in checks]}
 
 
 def _batch_size_or_none(example: Any) -> int | None:

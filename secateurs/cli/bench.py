@@ -145,6 +145,9 @@ def _bench(args: argparse.Namespace) -> int:
                              f"{_ALIGN}: {listed}{more}. Compiled kernels are fastest on multiples of {_ALIGN}: "
                              f"prune to multiples of {_ALIGN} (AMCPruner's round_to={_ALIGN}, or sparse ratios "
                              f"that leave multiples of {_ALIGN}).")
+            else:
+                notes.append(f"every pruned Conv/Linear layer keeps a multiple of {_ALIGN} channels, so channel "
+                             "alignment is not the cause.")
 
     if args.markdown is not None:
         Path(args.markdown).write_text(_markdown(args, rows, counts, pruned is not None), encoding="utf-8")
@@ -191,7 +194,8 @@ def _text(args: argparse.Namespace, rows, counts, paired: bool, notes: list[str]
 def _markdown(args: argparse.Namespace, rows, counts, paired: bool) -> str:
     header, cells = _cells(rows, paired)
     lines = [f"- {s}" for s in _summary(args, counts)]
-    lines += [f"- {args.repeats} timed calls per model and setting after {args.warmup} warm-up calls; "
+    calls = f"{args.warmup} warm-up call{'s' if args.warmup != 1 else ''}"
+    lines += [f"- {args.repeats} timed calls per model and setting after {calls}; "
               "milliseconds per batch are medians" + ("; the models were timed alternately" if paired else ""), ""]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join("---" if i < 3 else "---:" for i in range(len(header))) + "|")

@@ -38,6 +38,8 @@ def _check_output(path: str | None, option: str) -> Path | None:
 def _line(kind: str, result: dict[str, Any]) -> str:
     how = f"{result['exporter']} exporter" if kind == "ONNX" else result["exporter"]
     how += f", opset {result['opset']}" if result.get("opset") else ""
+    if result.get("fallback_reason"):
+        how += f"; the dynamo exporter failed: {result['fallback_reason'].removeprefix('dynamo: ')}"
     sizes = ", ".join(str(b) for b in result["batch_sizes_checked"] if b is not None) or "the example"
     return (f"exported {kind} {result['path']} ({how}; inputs {', '.join(result['inputs'])}): at batch sizes {sizes} "
             f"the largest difference from PyTorch is {result['max_abs_diff']:.2g} absolute, "
