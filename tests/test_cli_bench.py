@@ -103,7 +103,7 @@ def test_one_model_alone_on_a_hugging_face_model_prints_a_table(work):
     done = run("bench", f"hf:{work / 'bert'}", "--batch-sizes", "1,3", *FAST, cwd=work)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert lines[0].startswith("dense: hf:") and "parameters" in lines[0]
+    assert lines[0].startswith("model: hf:") and "parameters" in lines[0]
     assert lines[1].split() == ["threads", "batch", "mode", "median", "ms", "min", "ms"]
     assert [line.split()[:3] for line in lines[3:]] == [["1", "1", "eager"], ["1", "3", "eager"]]
     assert all(float(line.split()[3]) > 0 for line in lines[3:])

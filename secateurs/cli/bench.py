@@ -180,7 +180,8 @@ def _cells(rows: list[dict[str, Any]], paired: bool) -> tuple[list[str], list[li
 
 def _summary(args: argparse.Namespace, counts: dict[str, tuple[int, int]]) -> list[str]:
     names = {"dense": args.model, "pruned": args.pruned}
-    return [f"{label}: {names[label]}, {_count(macs)} MACs, {_count(params)} parameters (batch 1)"
+    shown = {"dense": "dense" if len(counts) > 1 else "model", "pruned": "pruned"}
+    return [f"{shown[label]}: {names[label]}, {_count(macs)} MACs, {_count(params)} parameters (batch 1)"
             for label, (macs, params) in counts.items()]
 
 
