@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
+import itertools
 import logging
 import math
 import os
@@ -29,6 +30,7 @@ from .speedup.verify import compare_outputs
 
 _EXPORTERS = ("auto", "dynamo", "torchscript")
 _CHECK_BATCH = 3  # the second batch size the check runs, when the batch is dynamic
+_ONE_FILE_LIMIT = 1_800_000_000  # bytes of weights an ONNX file holds inline (protobuf's limit is 2 GiB)
 _TRACE_BATCH = 2  # a batch of 1 would let the tracer treat the batch size as the constant 1
 
 
@@ -174,7 +176,9 @@ def _export_one(exporter: str, model: nn.Module, example: Any, trace_example: An
     names = _input_names(example)
     common = {"kwargs": kwargs or None, "opset_version": opset, "input_names": names, "verbose": False}
     if exporter == "dynamo":
-        torch.onnx.export(model, args, str(path), dynamo=True, external_data=True,
+        # One self-contained file unless protobuf's 2 GB limit forces the weights out beside it.
+        size = sum(t.numel() * t.element_size() for t in itertools.chain(model.parameters(), model.buffers()))
+        torch.onnx.export(model, args, str(path), dynamo=True, external_data=size > _ONE_FILE_LIMIT,
                           dynamic_shapes=_dynamic_shapes(trace_example) if dynamic_batch else None, **common)
     else:
         axes = {n: {0: "batch"} for n in names} if dynamic_batch else None
@@ -199,8 +203,8 @@ def export_onnx(model: nn.Module, example: Any, path: str | os.PathLike, *, opse
         example: its input: a tensor, a tuple of positional inputs or a dict of keyword
             inputs (their names become the ONNX input names; a tensor is "input", a tuple
             "input_0", "input_1", ...).
-        path: the ``.onnx`` file to write (replaced if it exists). A model over 2 GB gets
-            its weights in a ``.data`` file beside it.
+        path: the ``.onnx`` file to write (replaced if it exists). A model with over 1.8 GB of
+            weights gets them in a ``.data`` file beside it (ONNX's 2 GB limit).
         opset: the ONNX opset (None: the exporter's default).
         dynamic_batch: leave the batch size free.
         tolerance: the largest relative difference accepted.
