@@ -59,9 +59,15 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except (FileNotFoundError, ValueError, KeyError, TypeError) as err:
         # The library's own checks of the user's input (configs, masks, arguments).
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        message = str(err.args[0] if isinstance(err, KeyError) and err.args else err)
+        message = message.removeprefix("secateurs.prune: ")  # the command's own name is already shown
         print(f"secateurs {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (`secateurs ... | head`): not an error of the command.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print(f"secateurs {args.command}: interrupted", file=sys.stderr)
         return 1

@@ -104,7 +104,8 @@ def _bench(args: argparse.Namespace) -> int:
     one = repeat_batch(example, 1)
     counts = {label: count_flops_params(m, one)[:2] for label, m in models.items()}
     compiled = (False, True) if args.compile else (False,)
-    stage(args, f"timing {len(threads) * len(batch_sizes) * len(compiled)} settings, {args.repeats} repeats each"
+    n_settings = len(threads) * len(batch_sizes) * len(compiled)
+    stage(args, f"timing {n_settings} setting{'s' if n_settings != 1 else ''}, {args.repeats} repeats each"
                 + (", dense and pruned in turn" if pruned else ""))
     measured = measure_latency(models, example, threads=threads, batch_sizes=batch_sizes, compiled=compiled,
                                warmup=args.warmup, repeats=args.repeats, progress=progress_flag(args))
