@@ -297,3 +297,20 @@ def test_help_of_every_subcommand_has_an_example(work):
         done = run(command, "--help", cwd=work)
         assert done.returncode == 0
         assert "example" in done.stdout and f"secateurs {command}" in done.stdout
+
+
+def test_timm_model_with_its_default_input(work):
+    timm = pytest.importorskip("timm")
+    done = run("flops", "timm:resnet10t", "--json", cwd=work)
+    assert done.returncode == 0, done.stderr
+    model = timm.create_model("resnet10t", pretrained=False)
+    size = model.pretrained_cfg["input_size"]
+    macs, params, rows = secateurs.count_flops_params(model, torch.randn(1, *size))
+    result = json.loads(done.stdout)
+    assert (result["macs"], result["params"]) == (macs, params)
+    assert result["layers"][0]["input_shape"] == [1, *size]
+    done = run("prune", "timm:resnet10t", "--input-shape", "1,3,64,64", "--pruner", "l2norm", "--sparse-ratio", "0.5",
+               "--speedup", "--json", "--quiet", cwd=work)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["max_rel_diff"] <= 1e-4 and report["macs_after"] < 0.4 * report["macs_before"]
