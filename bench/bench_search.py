@@ -405,8 +405,9 @@ def report(results: dict, errors: dict, dense: dict, models: list[str], seeds: l
     from bench_foundation import machine
 
     budgets = QUICK if quick else FULL
+    title = "" if len(models) > 1 else f": {'small CNN' if models[0] == 'cnn' else models[0]}"
     lines = [
-        "## Search pruners on Fashion-MNIST (issue 9)",
+        f"## Search pruners on Fashion-MNIST (issue 9){title}",
         "",
         f"Command: `{command}`; revision {rev}; {machine()}.",
         "",
@@ -587,7 +588,9 @@ def main(argv: list[str]) -> None:
     print(text)
     if args.quick or args.no_docs:
         return
-    write_section(os.path.join(ROOT, "docs", "benchmarks.md"), "search", text)
+    # One model alone gets a section of its own, so that its cells and revision stand apart.
+    key = "search" if len(models) > 1 else f"search-{models[0]}"
+    write_section(os.path.join(ROOT, "docs", "benchmarks.md"), key, text)
     print("wrote docs/benchmarks.md")
 
 
