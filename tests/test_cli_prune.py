@@ -314,3 +314,20 @@ def test_timm_model_with_its_default_input(work):
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["max_rel_diff"] <= 1e-4 and report["macs_after"] < 0.4 * report["macs_before"]
+
+
+def test_tiny_gpt2_lm_gets_an_input_without_a_cache(work):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=0,
+                               eos_token_id=0)).save_pretrained(work / "tinygpt2")
+    done = run("prune", "hf:tinygpt2", "--pruner", "l1norm", "--sparse-ratio", "0.5", "--op-types", "Conv1D",
+               "--speedup", "--out", "gpt2", "--json", "--quiet", cwd=work)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["max_rel_diff"] <= 1e-4 and report["macs_after"] < 0.6 * report["macs_before"]
+    loaded = load_model(str(work / "gpt2"), input_shape="2,5")
+    assert loaded.example["use_cache"] is False
+    assert loaded.model.transformer.h[0].attn.num_heads == 2
+    assert loaded.model(**loaded.example).logits.shape == (2, 5, 100)

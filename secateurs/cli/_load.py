@@ -155,7 +155,10 @@ def _hf_input(model: nn.Module, shape: tuple[int, ...] | None) -> dict[str, torc
         raise UsageError(f"--input-shape for a Hugging Face text model is batch,sequence (such as 1,16); got {shape}.")
     vocab = int(getattr(config, "vocab_size", 1000))
     ids = torch.randint(0, vocab, shape, generator=torch.Generator().manual_seed(0))
-    return {"input_ids": ids, "attention_mask": torch.ones(shape, dtype=torch.long)}
+    example: dict[str, Any] = {"input_ids": ids, "attention_mask": torch.ones(shape, dtype=torch.long)}
+    if getattr(config, "use_cache", False):
+        example["use_cache"] = False  # a key/value cache is not an output that pruning can check
+    return example
 
 
 def _default_shape(kind: str, name: str, model: nn.Module) -> tuple[int, ...] | None:
