@@ -405,6 +405,7 @@ def report(results: dict, errors: dict, dense: dict, models: list[str], seeds: l
     from bench_foundation import machine
 
     budgets = QUICK if quick else FULL
+    results = {k: r for k, r in results.items() if r.get("model") in models}  # the section's models only
     title = "" if len(models) > 1 else f": {'small CNN' if models[0] == 'cnn' else models[0]}"
     lines = [
         f"## Search pruners on Fashion-MNIST (issue 9){title}",
